@@ -1,0 +1,235 @@
+//! `alertsync demo`: the whole pipeline on one machine, with no Docker and no Sekoia account.
+//!
+//! Starts a private nats-server (unless `--nats-url`), a fake Sekoia API that creates an alert
+//! every few seconds and announces it to the ingest webhook (as the LiveAPI would), the three
+//! services, and a receiver that prints every request it gets. Two destinations run the seed
+//! playbook's two templates: the main one (`/soar`) and the Bonus Sekoia intake one (`/intake`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alertsync_config::{Config, Stage};
+use alertsync_standins::{FakeSekoia, Receiver, alerts};
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `alertsync demo`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  alertsync demo\n  alertsync demo --every 1s --count 5\n  alertsync demo --nats-url nats://127.0.0.1:4222"
+)]
+pub struct DemoArgs {
+    /// Use this NATS server instead of starting a private one (needs nats-server >= 2.10 with
+    /// JetStream).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// How often the fake Sekoia creates an alert.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    every: Duration,
+    /// Stop after this many alerts reached every destination (default: run until Ctrl-C).
+    #[arg(long)]
+    count: Option<usize>,
+}
+
+const WEBHOOK_TOKEN: &str = "demo-webhook-token-not-secret";
+const SEKOIA_KEY: &str = "demo-sekoia-api-key";
+const INTAKE_KEY: &str = "demo-intake-key-1234";
+const SOAR_KEY: &str = "demo-soar-api-key";
+
+/// Rule names the fake Sekoia cycles through; one is hostile on purpose, to show that it
+/// reaches the destination as valid JSON.
+const RULES: &[&str] = &[
+    "Brute force on SSH service",
+    "Suspicious PowerShell download cradle",
+    "Rule with \"quotes\", a \\ backslash and {{ braces }}",
+    "Impossible travel for a privileged account",
+];
+
+/// The demo's configuration, in the same format as `alertsync.example.toml`.
+fn demo_config(nats_url: &str, sekoia: &str, receiver: &str) -> String {
+    format!(
+        r#"
+[nats]
+url = "{nats_url}"
+prefix = "alertsync-demo"
+[sekoia]
+base_url = "{sekoia}"
+api_key = "${{SEKOIA_API_KEY}}"
+[ingest]
+listen = "127.0.0.1:0"
+webhook_token = "${{ALERTSYNC_WEBHOOK_TOKEN}}"
+[enricher]
+listen = "127.0.0.1:0"
+[forwarder]
+listen = "127.0.0.1:0"
+
+[[destinations]]
+name = "soar"
+url = "{receiver}/soar"
+method = "post"
+headers = {{ Authorization = "Bearer ${{SOAR_API_KEY}}" }}
+json = '''{{"alert_short_id":"{{{{ node.0['alert_uuid'] }}}}", "rule_name":"{{{{ node.1['rule']['name'] }}}}","rule_severity":"{{{{ node.1['rule']['severity'] }}}}","description":"This is a description"}}'''
+
+[[destinations]]
+name = "intake"
+url = "{receiver}/intake"
+method = "post"
+max_body_bytes = 250000
+json = '''{{"json":"'{{\"alert_short_id\":\"{{{{ node.0['alert_uuid'] }}}}\", \"rule_name\":\"{{{{ node.1['rule']['name'] }}}}\",\"rule_severity\":\"{{{{ node.1['rule']['severity'] }}}}\",\"description\":\"An HTTP request was made from Sekoia.io Playbook\"}}'", "intake_key":"${{SEKOIA_INTAKE_KEY}}"}}'''
+"#
+    )
+}
+
+fn demo_env(name: &str) -> Option<String> {
+    match name {
+        "SEKOIA_API_KEY" => Some(SEKOIA_KEY.into()),
+        "ALERTSYNC_WEBHOOK_TOKEN" => Some(WEBHOOK_TOKEN.into()),
+        "SOAR_API_KEY" => Some(SOAR_KEY.into()),
+        "SEKOIA_INTAKE_KEY" => Some(INTAKE_KEY.into()),
+        _ => None,
+    }
+}
+
+/// Runs the demo until Ctrl-C (or `--count` deliveries).
+pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    alertsync_runtime::init_logging_with_default("warn");
+    let (_server, nats_url) = match &args.nats_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let s = alertsync_nats_launcher::NatsServer::start()?;
+            let url = s.url();
+            (Some(s), url)
+        }
+    };
+    let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
+    let receiver = Receiver::start().await;
+    let text = demo_config(&nats_url, &sekoia.base_url(), &receiver.url(""));
+    let config = Config::parse(&text, &demo_env, &Stage::ALL).context("demo config")?;
+
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let redactor = config.redactor.clone();
+    let counter = delivered.clone();
+    receiver.on_request(move |r| {
+        if r.path == "/intake" {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        let key = r.header("idempotency-key").unwrap_or("-");
+        println!(
+            "[receiver] {} {}  Idempotency-Key: {key}\n           {}",
+            r.method,
+            r.path,
+            redactor.redact(&String::from_utf8_lossy(&r.body))
+        );
+    });
+
+    let shutdown = CancellationToken::new();
+    alertsync_runtime::shutdown_on_signal(shutdown.clone());
+    let ingest = alertsync_ingest::Ingest::build(&config)
+        .await
+        .context("ingest")?;
+    let webhook = format!("http://{}/v1/alerts", ingest.local_addr());
+    let enricher = alertsync_enricher::Enricher::build(&config)
+        .await
+        .context("enricher")?;
+    let forwarder = alertsync_forwarder::Forwarder::build(&config)
+        .await
+        .context("forwarder")?;
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn(ingest.run(shutdown.clone()));
+    services.spawn(enricher.run(shutdown.clone()));
+    services.spawn(forwarder.run(shutdown.clone()));
+
+    println!("alertsync demo: the Sekoia playbook, end to end, on this machine");
+    println!("  NATS       {nats_url}");
+    println!(
+        "  Sekoia     {} (fake: creates an alert every {:?})",
+        sekoia.base_url(),
+        args.every
+    );
+    println!("  webhook    {webhook}");
+    println!(
+        "  receiver   {} (prints every request: /soar = main template, /intake = Bonus)",
+        receiver.url("")
+    );
+    println!("Announce an alert yourself:");
+    println!(
+        "  curl -s -H 'Authorization: Bearer {WEBHOOK_TOKEN}' -d '{{\"alert_uuid\":\"<uuid>\"}}' {webhook}"
+    );
+    println!("Ctrl-C stops.\n");
+
+    let generator = tokio::spawn(generate(
+        sekoia.clone(),
+        webhook,
+        args.every,
+        shutdown.clone(),
+    ));
+    if let Some(n) = args.count {
+        let deadline =
+            tokio::time::Instant::now() + args.every * (n as u32) + Duration::from_secs(60);
+        loop {
+            if delivered.load(Ordering::SeqCst) >= n && receiver.requests_to("/soar").len() >= n {
+                break;
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} alerts were delivered in time",
+                delivered.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("\n{n} alerts delivered to both destinations; stopping.");
+        shutdown.cancel();
+    }
+    shutdown.cancelled().await;
+    let _ = generator.await;
+    while let Some(r) = services.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Creates an alert in the fake Sekoia every `every` and announces it to the webhook, the
+/// way the LiveAPI would.
+async fn generate(
+    sekoia: FakeSekoia,
+    webhook: String,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let client = alertsync_http::client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client without custom TLS settings builds");
+    let mut tick = tokio::time::interval(every);
+    for i in 0usize.. {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let short_id = alerts::random_short_id();
+        let rule = RULES[i % RULES.len()];
+        let alert = alerts::new_alert(&uuid, &short_id, rule, rule);
+        let notification = alerts::live_notification(&alert);
+        sekoia.insert_alert(alert);
+        println!("[sekoia]   alert {short_id} created ({uuid}), rule: {rule}");
+        let resp = client
+            .post(&webhook)
+            .bearer_auth(WEBHOOK_TOKEN)
+            .json(&notification)
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().as_u16() == 202 => {}
+            Ok(r) => println!("[sekoia]   webhook answered {}", r.status()),
+            Err(e) => println!(
+                "[sekoia]   webhook unreachable: {}",
+                alertsync_http::describe_error(&e)
+            ),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `alertsync run`: some or all stages in one process, from one config file.
+
+use std::path::PathBuf;
+
+use alertsync_config::{Config, Stage};
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `alertsync run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Path of alertsync.toml.
+    #[arg(long, short, env = alertsync_config::CONFIG_ENV)]
+    config: PathBuf,
+    /// Stages to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,enricher,forwarder"
+    )]
+    stages: Vec<StageArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StageArg {
+    Ingest,
+    Enricher,
+    Forwarder,
+}
+
+impl From<StageArg> for Stage {
+    fn from(s: StageArg) -> Stage {
+        match s {
+            StageArg::Ingest => Stage::Ingest,
+            StageArg::Enricher => Stage::Enricher,
+            StageArg::Forwarder => Stage::Forwarder,
+        }
+    }
+}
+
+/// Runs the chosen stages until SIGTERM/SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    alertsync_runtime::init_logging();
+    let stages: Vec<Stage> = args.stages.iter().map(|s| (*s).into()).collect();
+    let config = Config::load(&args.config, &stages)?;
+    let shutdown = CancellationToken::new();
+    alertsync_runtime::shutdown_on_signal(shutdown.clone());
+    run_stages(&config, &stages, shutdown).await
+}
+
+/// Builds every stage first (so a bad config fails before anything runs), then runs them all
+/// until `shutdown`.
+pub async fn run_stages(
+    config: &Config,
+    stages: &[Stage],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for stage in stages {
+        match stage {
+            Stage::Ingest => {
+                let s = alertsync_ingest::Ingest::build(config)
+                    .await
+                    .context("ingest")?;
+                tasks.spawn(s.run(shutdown.clone()));
+            }
+            Stage::Enricher => {
+                let s = alertsync_enricher::Enricher::build(config)
+                    .await
+                    .context("enricher")?;
+                tasks.spawn(s.run(shutdown.clone()));
+            }
+            Stage::Forwarder => {
+                let s = alertsync_forwarder::Forwarder::build(config)
+                    .await
+                    .context("forwarder")?;
+                tasks.spawn(s.run(shutdown.clone()));
+            }
+        }
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            // One stage failing stops the others: a half-running pipeline is worse.
+            shutdown.cancel();
+            result = Err(e);
+        }
+    }
+    result
+}

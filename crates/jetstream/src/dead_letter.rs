@@ -1,0 +1,80 @@
+//! Dead-letter entries: what a stage publishes when it gives up on a message, so nothing is
+//! ever dropped silently. Entries go to `<prefix>.dlq.<stage>[.<destination>]` and are kept in
+//! the DLQ stream (limits retention) for inspection and replay.
+
+use std::time::SystemTime;
+
+use alertsync_config::Redactor;
+use alertsync_proto::{Message as _, time, v1::DeadLetter};
+use async_nats::jetstream;
+
+use crate::publish::{PublishError, publish_acked};
+use crate::worker::Delivery;
+
+/// Publishes dead letters for one stage (and destination).
+#[derive(Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    subject: String,
+    stage: String,
+    destination: String,
+    redactor: Redactor,
+}
+
+impl DeadLetters {
+    /// A publisher to `subject` for `stage` (and `destination`, for the forwarder).
+    pub fn new(
+        js: jetstream::Context,
+        subject: String,
+        stage: &str,
+        destination: Option<&str>,
+        redactor: Redactor,
+    ) -> Self {
+        Self {
+            js,
+            subject,
+            stage: stage.to_string(),
+            destination: destination.unwrap_or_default().to_string(),
+            redactor,
+        }
+    }
+
+    /// Publishes the entry for `delivery` and waits for JetStream to store it. The reason is
+    /// redacted here, whatever the caller passed.
+    pub async fn publish(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        last_status: Option<u16>,
+        alert_uuid: &str,
+    ) -> Result<(), PublishError> {
+        let entry = DeadLetter {
+            stage: self.stage.clone(),
+            destination: self.destination.clone(),
+            reason: self.redactor.redact(reason),
+            last_http_status: last_status.map(u32::from).unwrap_or(0),
+            attempts: delivery.delivered,
+            first_attempt_at: Some(time::from_system(delivery.published)),
+            last_attempt_at: Some(time::from_system(SystemTime::now())),
+            original_subject: delivery.subject.clone(),
+            original_payload: delivery.payload.to_vec(),
+            alert_uuid: alert_uuid.to_string(),
+            original_sequence: delivery.stream_sequence,
+        };
+        // The same failed message dead-lettered twice (a crash between publish and ack) is
+        // stored once.
+        let msg_id = format!(
+            "dlq:{}:{}:{}",
+            delivery.stream, self.destination, delivery.stream_sequence
+        );
+        publish_acked(
+            &self.js,
+            self.subject.clone(),
+            &msg_id,
+            None,
+            entry.encode_to_vec().into(),
+        )
+        .await
+        .map(|_| ())
+    }
+}

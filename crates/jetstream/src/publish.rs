@@ -1,0 +1,69 @@
+//! Publishing to JetStream with a deterministic message id, waiting for the acknowledgement.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use bytes::Bytes;
+
+/// A publish that did not get a positive acknowledgement; the message may not be stored.
+#[derive(Debug, thiserror::Error)]
+#[error("publish to {subject} was not acknowledged: {reason}")]
+pub struct PublishError {
+    /// Subject published to.
+    pub subject: String,
+    /// Why.
+    pub reason: String,
+    /// True when the failure was a timeout or a lost connection (worth retrying later).
+    pub transient: bool,
+}
+
+/// What JetStream said about a stored message.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// True when the message id was seen within the duplicate window: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Publishes `payload` with `Nats-Msg-Id: msg_id` (plus `headers`) and awaits the ack.
+pub async fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+) -> Result<Stored, PublishError> {
+    let mut msg = PublishMessage::build().payload(payload).message_id(msg_id);
+    if let Some(h) = headers {
+        for (name, values) in h.iter() {
+            for v in values {
+                msg = msg.header(name.clone(), v.clone());
+            }
+        }
+    }
+    let fail = |reason: String, transient: bool| PublishError {
+        subject: subject.clone(),
+        reason,
+        transient,
+    };
+    let ack = js
+        .send_publish(subject.clone(), msg)
+        .await
+        .map_err(|e| fail(e.to_string(), is_transient(e.kind())))?
+        .await
+        .map_err(|e| fail(e.to_string(), is_transient(e.kind())))?;
+    Ok(Stored {
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+fn is_transient(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::MaxAckPending
+    )
+}

@@ -1,0 +1,140 @@
+//! Names of subjects, streams and consumers. Everything derives from `nats.prefix`, so several
+//! deployments (and parallel tests) can share one server without seeing each other.
+
+/// The names used by one deployment.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+    stream_base: String,
+}
+
+/// Subject token used when an alert's community is not known.
+pub const UNKNOWN_COMMUNITY: &str = "unknown";
+
+/// Stage name of the enricher in dead-letter subjects.
+pub const STAGE_ENRICH: &str = "enrich";
+/// Stage name of the forwarder in dead-letter subjects.
+pub const STAGE_FORWARD: &str = "forward";
+
+impl Subjects {
+    /// Names for `prefix` (validated by the config: letters, digits, `_`, `-`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            stream_base: prefix.to_ascii_uppercase().replace('-', "_"),
+        }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.alerts.created.<community>`; `community` must be a uuid or empty.
+    pub fn created(&self, community: &str) -> String {
+        format!(
+            "{}.alerts.created.{}",
+            self.prefix,
+            community_token(community)
+        )
+    }
+
+    /// `<prefix>.alerts.enriched.<community>`.
+    pub fn enriched(&self, community: &str) -> String {
+        format!(
+            "{}.alerts.enriched.{}",
+            self.prefix,
+            community_token(community)
+        )
+    }
+
+    /// `<prefix>.dlq.<stage>[.<destination>]`.
+    pub fn dead_letter(&self, stage: &str, destination: Option<&str>) -> String {
+        match destination {
+            Some(d) => format!("{}.dlq.{stage}.{d}", self.prefix),
+            None => format!("{}.dlq.{stage}", self.prefix),
+        }
+    }
+
+    /// Every created-alert subject.
+    pub fn created_all(&self) -> String {
+        format!("{}.alerts.created.>", self.prefix)
+    }
+
+    /// Every enriched-alert subject.
+    pub fn enriched_all(&self) -> String {
+        format!("{}.alerts.enriched.>", self.prefix)
+    }
+
+    /// Every dead-letter subject.
+    pub fn dead_letter_all(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    /// Stream of created alerts.
+    pub fn created_stream(&self) -> String {
+        format!("{}_ALERTS_CREATED", self.stream_base)
+    }
+
+    /// Stream of enriched alerts.
+    pub fn enriched_stream(&self) -> String {
+        format!("{}_ALERTS_ENRICHED", self.stream_base)
+    }
+
+    /// Stream of dead letters.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DLQ", self.stream_base)
+    }
+
+    /// Durable consumer of the enricher.
+    pub fn enricher_consumer(&self) -> String {
+        "enricher".to_string()
+    }
+
+    /// Durable consumer of one destination: one each, so a dead destination holds back no other.
+    pub fn destination_consumer(&self, destination: &str) -> String {
+        format!("forward-{destination}")
+    }
+}
+
+/// Communities are uuids by the time they get here; anything else (or nothing) maps to
+/// `unknown`, so hostile input can never inject `.`, `*` or `>` into a subject.
+fn community_token(community: &str) -> &str {
+    if !community.is_empty()
+        && community.len() <= 64
+        && community
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        community
+    } else {
+        UNKNOWN_COMMUNITY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let s = Subjects::new("t-1");
+        assert_eq!(
+            s.created("d24e5c90-1a7b"),
+            "t-1.alerts.created.d24e5c90-1a7b"
+        );
+        assert_eq!(s.enriched(""), "t-1.alerts.enriched.unknown");
+        assert_eq!(
+            s.dead_letter("forward", Some("soar")),
+            "t-1.dlq.forward.soar"
+        );
+        assert_eq!(s.created_stream(), "T_1_ALERTS_CREATED");
+    }
+
+    #[test]
+    fn hostile_communities_cannot_reach_the_subject() {
+        let s = Subjects::new("a");
+        assert_eq!(s.created("x.>"), "a.alerts.created.unknown");
+        assert_eq!(s.created("*"), "a.alerts.created.unknown");
+    }
+}

@@ -1,0 +1,249 @@
+//! The bounded pull loop of every consuming stage.
+//!
+//! The loop only asks the server for as many messages as it has free permits, so nothing sits
+//! in a client-side buffer: on shutdown it stops pulling, lets in-flight handlers finish and
+//! returns, leaving nothing for the server to redeliver. The handler's [`Outcome`] picks the
+//! acknowledgement:
+//! - [`Outcome::Ack`] → double ack (the server confirms it, so a lost ack cannot redeliver);
+//! - [`Outcome::Retry`] → NAK with that delay (computed from the delivery count, so every
+//!   replica computes the same);
+//! - [`Outcome::DeadLetter`] → publish a `DeadLetter`, await its ack, then ack. If the
+//!   dead-letter publish fails the message is NAKed instead: never dropped.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dead_letter::DeadLetters;
+
+/// How long one pull request waits for messages: bounds how long shutdown waits for the loop.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Pause after a failed pull (server unreachable, consumer deleted) before trying again.
+const PULL_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Delay of the NAK sent when a dead-letter publish failed.
+const DLQ_FAILED_RETRY: Duration = Duration::from_secs(5);
+
+/// One received message, as handlers see it.
+pub struct Delivery {
+    /// Subject it was published on.
+    pub subject: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Headers (trace context, message id).
+    pub headers: Option<HeaderMap>,
+    /// Delivery attempt, starting at 1.
+    pub delivered: u32,
+    /// Stream it came from.
+    pub stream: String,
+    /// Sequence in that stream.
+    pub stream_sequence: u64,
+    /// When the stream stored it.
+    pub published: SystemTime,
+    message: jetstream::Message,
+}
+
+impl Delivery {
+    fn from_message(message: jetstream::Message) -> Result<Self, String> {
+        let info = message.info().map_err(|e| e.to_string())?;
+        let (delivered, stream, stream_sequence, published) = (
+            u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
+            info.stream.to_string(),
+            info.stream_sequence,
+            SystemTime::from(info.published),
+        );
+        Ok(Self {
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+            headers: message.headers.clone(),
+            delivered,
+            stream,
+            stream_sequence,
+            published,
+            message,
+        })
+    }
+
+    /// Tells the server the message is still being worked on (resets its ack timer). For
+    /// handlers that hold a message longer than the consumer's ack wait.
+    pub async fn in_progress(&self) {
+        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "progress ack failed");
+        }
+    }
+}
+
+/// What a handler decided about one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done: acknowledge.
+    Ack,
+    /// Try again after this delay.
+    Retry {
+        /// Delay before redelivery.
+        after: Duration,
+    },
+    /// Give up: dead-letter with this reason, then acknowledge.
+    DeadLetter {
+        /// Why, for a human (redacted before it is stored).
+        reason: String,
+        /// Last HTTP status, if any.
+        last_status: Option<u16>,
+        /// The alert, when it could be decoded.
+        alert_uuid: String,
+    },
+}
+
+/// The code that handles one message of a stage.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `delivery`; must not panic on any payload.
+    fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Settings of one worker loop.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Name used in logs ("enricher", "forward soar").
+    pub name: String,
+    /// Messages handled at once.
+    pub concurrency: usize,
+}
+
+/// A pull loop over one durable consumer.
+pub struct Worker {
+    consumer: PullConsumer,
+    config: WorkerConfig,
+    dead_letters: DeadLetters,
+}
+
+impl Worker {
+    /// A worker pulling from `consumer`.
+    pub fn new(consumer: PullConsumer, config: WorkerConfig, dead_letters: DeadLetters) -> Self {
+        Self {
+            consumer,
+            config,
+            dead_letters,
+        }
+    }
+
+    /// Runs until `shutdown`, then waits for in-flight handlers to finish.
+    pub async fn run<H: Handler>(self, handler: Arc<H>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let tracker = TaskTracker::new();
+        let name = self.config.name.clone();
+        'pull: loop {
+            // Wait for room before asking the server for anything.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break 'pull,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'pull },
+            };
+            let wanted = 1 + permits.available_permits();
+            let batch = self
+                .consumer
+                .batch()
+                .max_messages(wanted)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(worker = %name, error = %e, "pull request failed");
+                    drop(first);
+                    pause(&shutdown).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            // Once requested, the batch is drained even during shutdown: messages the server
+            // already sent would otherwise wait a whole ack wait before redelivery.
+            while let Some(item) = batch.next().await {
+                let message = match item {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(worker = %name, error = %e, "pull batch ended");
+                        break;
+                    }
+                };
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break 'pull,
+                    },
+                };
+                let delivery = match Delivery::from_message(message) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Not a JetStream message (no reply subject): nothing to ack.
+                        tracing::warn!(worker = %name, error = %e, "skipping a message without JetStream metadata");
+                        continue;
+                    }
+                };
+                let handler = handler.clone();
+                let dead_letters = self.dead_letters.clone();
+                let name = name.clone();
+                tracker.spawn(async move {
+                    let outcome = handler.handle(&delivery).await;
+                    settle(&name, &delivery, outcome, &dead_letters).await;
+                    drop(permit);
+                });
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!(worker = %name, "worker stopped");
+    }
+}
+
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(PULL_ERROR_PAUSE) => {}
+    }
+}
+
+async fn settle(name: &str, d: &Delivery, outcome: Outcome, dead_letters: &DeadLetters) {
+    let result = match outcome {
+        Outcome::Ack => d.message.double_ack().await,
+        Outcome::Retry { after } => d.message.ack_with(AckKind::Nak(Some(after))).await,
+        Outcome::DeadLetter {
+            reason,
+            last_status,
+            alert_uuid,
+        } => match dead_letters
+            .publish(d, &reason, last_status, &alert_uuid)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(
+                    worker = %name,
+                    alert.uuid = %alert_uuid,
+                    attempts = d.delivered,
+                    "dead-lettered"
+                );
+                d.message.double_ack().await
+            }
+            Err(e) => {
+                tracing::error!(worker = %name, error = %e, "dead-letter publish failed; will retry the message");
+                d.message
+                    .ack_with(AckKind::Nak(Some(DLQ_FAILED_RETRY)))
+                    .await
+            }
+        },
+    };
+    if let Err(e) = result {
+        // The server will redeliver after the ack wait; handlers are idempotent.
+        tracing::warn!(worker = %name, error = %e, "acknowledgement failed");
+    }
+}

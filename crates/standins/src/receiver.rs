@@ -1,0 +1,222 @@
+//! A destination stand-in: records every request (method, path, query, headers, body, time)
+//! and answers from a per-path script (then 200 `{"ok":true}`).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Request, State},
+    http::{HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tokio::sync::Notify;
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Raw query string.
+    pub query: Option<String>,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub at: SystemTime,
+    /// Status answered.
+    pub status: u16,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// A bare status.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.to_string();
+        self
+    }
+}
+
+type Callback = Box<dyn Fn(&Recorded) + Send + Sync>;
+
+#[derive(Default)]
+struct Inner {
+    requests: Mutex<Vec<Recorded>>,
+    scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
+    defaults: Mutex<HashMap<String, Reply>>,
+    changed: Notify,
+    callback: Mutex<Option<Callback>>,
+}
+
+/// A running recording destination.
+#[derive(Clone)]
+pub struct Receiver {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl Receiver {
+    /// Starts on a free loopback port.
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let router = Router::new().fallback(record).with_state(inner.clone());
+        let addr = crate::serve(router).await;
+        Self { addr, inner }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next requests to `path` get these answers, in order.
+    pub fn script(&self, path: &str, replies: Vec<Reply>) {
+        self.inner
+            .scripts
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Requests to `path` get `reply` once the script is used up (instead of 200).
+    pub fn always(&self, path: &str, reply: Reply) {
+        self.inner
+            .defaults
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), reply);
+    }
+
+    /// Calls `f` on every request as it arrives (the demo prints them).
+    pub fn on_request(&self, f: impl Fn(&Recorded) + Send + Sync + 'static) {
+        *self.inner.callback.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Requests to `path` so far.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until `cond` holds on the recorded requests, or `timeout` passes. Returns whether
+    /// it held.
+    pub async fn wait_until(&self, timeout: Duration, cond: impl Fn(&[Recorded]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.changed.notified();
+            if cond(&self.inner.requests.lock().unwrap()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return cond(&self.inner.requests.lock().unwrap());
+            }
+        }
+    }
+}
+
+async fn record(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let reply = {
+        let scripted = inner
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(|q| q.pop_front());
+        scripted
+            .or_else(|| inner.defaults.lock().unwrap().get(&path).cloned())
+            .unwrap_or_else(|| Reply::status(200).body("{\"ok\":true}"))
+    };
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        path,
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body,
+        at: SystemTime::now(),
+        status: reply.status,
+    };
+    if let Some(cb) = inner.callback.lock().unwrap().as_ref() {
+        cb(&recorded);
+    }
+    inner.requests.lock().unwrap().push(recorded);
+    inner.changed.notify_waiters();
+    let mut resp = (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+        reply.body,
+    )
+        .into_response();
+    for (n, v) in reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,79 @@
+//! Whether Sekoia accepts our API key: a readiness check (`sekoia_key`), logged once per
+//! episode, re-checked with `GET /v1/me` while rejected so a fixed key is noticed even when no
+//! alert is waiting.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use alertsync_runtime::Health;
+use alertsync_sekoia::{KeyCheck, SekoiaClient};
+use tokio_util::sync::CancellationToken;
+
+const CHECK: &str = "sekoia_key";
+
+/// Shared key state of one enricher process.
+#[derive(Clone)]
+pub struct KeyState {
+    health: Health,
+    rejected: Arc<AtomicBool>,
+}
+
+impl KeyState {
+    /// Starts as accepted-until-told-otherwise; the first check runs at once.
+    pub fn new(health: Health) -> Self {
+        health.set(CHECK, true, "not checked yet");
+        Self {
+            health,
+            rejected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Sekoia answered 401/403.
+    pub fn rejected(&self, status: u16) {
+        let message = format!(
+            "Sekoia rejected the API key ({status}): set sekoia.api_key to a valid key with \
+             the \"View alerts\" permission; alerts wait in the stream until then"
+        );
+        self.health.set(CHECK, false, message.clone());
+        if !self.rejected.swap(true, Ordering::SeqCst) {
+            tracing::error!("{message}");
+        }
+    }
+
+    /// Sekoia accepted the key.
+    pub fn accepted(&self) {
+        if self.rejected.swap(false, Ordering::SeqCst) {
+            tracing::info!("Sekoia accepts the API key again; resuming");
+        }
+        if !self.health.is_ok(CHECK) {
+            self.health.set(CHECK, true, "accepted");
+        }
+    }
+
+    /// Whether the key is currently rejected.
+    pub fn is_rejected(&self) -> bool {
+        self.rejected.load(Ordering::SeqCst)
+    }
+
+    /// Checks the key now, then every `every` while it is rejected, until `shutdown`.
+    pub async fn watch(self, sekoia: SekoiaClient, every: Duration, shutdown: CancellationToken) {
+        let mut first = true;
+        loop {
+            if first || self.is_rejected() {
+                match sekoia.check_key().await {
+                    KeyCheck::Accepted => self.accepted(),
+                    KeyCheck::Rejected(s) => self.rejected(s),
+                    KeyCheck::Unavailable(reason) => {
+                        tracing::warn!(%reason, "cannot check the Sekoia key right now")
+                    }
+                }
+                first = false;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}

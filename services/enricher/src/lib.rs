@@ -1,0 +1,146 @@
+//! The enricher service: consumes `AlertCreated`, calls Sekoia's Get Alert and publishes an
+//! `EnrichedAlert` (message id `enriched:<uuid>`) on `<prefix>.alerts.enriched.<community>`.
+//!
+//! - [`handler`]: what happens to one message, as an [`alertsync_jetstream::Outcome`]: 200 →
+//!   publish then ack; 404 → retry up to `enricher.not_found_attempts`; 429/5xx/timeouts →
+//!   delayed NAK (raised to `Retry-After`), dead-letter when attempts run out; 401/403 → hold
+//!   the message without burning attempts while the key is rejected; undecodable → poison.
+//! - [`key`]: the "Sekoia key accepted" readiness check and its re-checks while rejected.
+//! - [`Enricher`]: builds (connects, ensures topology, binds health) and runs the service.
+
+pub mod handler;
+pub mod key;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alertsync_config::Config;
+use alertsync_jetstream::{
+    Topology, Worker, WorkerConfig, dead_letter::DeadLetters, subjects::STAGE_ENRICH,
+    topology::ConsumerSpec,
+};
+use alertsync_runtime::Health;
+use alertsync_sekoia::SekoiaClient;
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A built enricher, ready to run.
+pub struct Enricher {
+    listener: TcpListener,
+    health: Health,
+    worker: Worker,
+    handler: Arc<handler::EnrichHandler>,
+    key: key::KeyState,
+    stop: CancellationToken,
+    client: alertsync_jetstream::async_nats::Client,
+}
+
+impl Enricher {
+    /// Connects to NATS, ensures the topology and the `enricher` consumer, binds
+    /// `enricher.listen`, and starts checking the Sekoia key.
+    pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        let sekoia_cfg = cfg
+            .sekoia
+            .as_ref()
+            .context("the [sekoia] section is missing")?;
+        let e = &cfg.enricher;
+        let (client, js) = alertsync_jetstream::connect(&cfg.nats, "alertsync-enricher").await?;
+        let topology = Topology::new(js.clone(), &cfg.nats);
+        topology.ensure_streams().await?;
+        let subjects = topology.subjects().clone();
+        let consumer = topology
+            .ensure_consumer(&ConsumerSpec {
+                stream: subjects.created_stream(),
+                name: subjects.enricher_consumer(),
+                filter: subjects.created_all(),
+                // Longer than one Get Alert call plus the publish; held messages send progress.
+                ack_wait: sekoia_cfg.timeout.get()
+                    + cfg.nats.request_timeout.get()
+                    + Duration::from_secs(30),
+                max_ack_pending: 1000.max(e.concurrency as i64 * 8),
+            })
+            .await?;
+        let health = Health::with_nats(client.clone());
+        health.set("topology", true, "streams and consumer ensured");
+        let sekoia = SekoiaClient::new(sekoia_cfg)?;
+        let key = key::KeyState::new(health.clone());
+        let stop = CancellationToken::new();
+        let handler = Arc::new(handler::EnrichHandler::new(
+            js.clone(),
+            subjects.clone(),
+            sekoia,
+            key.clone(),
+            e.clone(),
+            stop.clone(),
+        ));
+        let dead_letters = DeadLetters::new(
+            js,
+            subjects.dead_letter(STAGE_ENRICH, None),
+            STAGE_ENRICH,
+            None,
+            cfg.redactor.clone(),
+        );
+        let worker = Worker::new(
+            consumer,
+            WorkerConfig {
+                name: "enricher".into(),
+                concurrency: e.concurrency,
+            },
+            dead_letters,
+        );
+        let listener = TcpListener::bind(e.listen)
+            .await
+            .with_context(|| format!("enricher.listen: cannot bind {}", e.listen))?;
+        Ok(Self {
+            listener,
+            health,
+            worker,
+            handler,
+            key,
+            stop,
+            client,
+        })
+    }
+
+    /// The bound health address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The service's readiness.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Runs until `shutdown`: in-flight alerts finish, then NATS is flushed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "enricher running");
+        let http = tokio::spawn(alertsync_runtime::serve(
+            self.listener,
+            alertsync_runtime::health_router(self.health.clone()),
+            shutdown.clone(),
+        ));
+        let checker = tokio::spawn(self.key.clone().watch(
+            self.handler.sekoia().clone(),
+            self.handler.rejected_key_retry(),
+            shutdown.clone(),
+        ));
+        // Held messages (rejected key) are released as soon as shutdown starts.
+        let stop = self.stop.clone();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            stop.cancel();
+        });
+        self.worker.run(self.handler.clone(), shutdown).await;
+        let _ = checker.await;
+        let _ = http.await;
+        self.client.flush().await.ok();
+        tracing::info!("enricher stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! `alertsync-enricher --config alertsync.toml`: fetches each new alert from Sekoia.
+
+fn main() -> std::process::ExitCode {
+    alertsync_runtime::service_main(
+        alertsync_config::Stage::Enricher,
+        |cfg, shutdown| async move {
+            alertsync_enricher::Enricher::build(&cfg)
+                .await?
+                .run(shutdown)
+                .await
+        },
+    )
+}

@@ -1,0 +1,244 @@
+//! One configured destination: its compiled templates, its HTTP client and its retry policy.
+//! [`Destination::render`] builds the exact request for an alert (also the dry run of
+//! `alertsync render`); [`Destination::send`] makes one attempt and classifies the answer.
+
+use std::time::Duration;
+
+use alertsync_config::{DestinationConfig, Redactor};
+use alertsync_http::{Class, RetryPolicy, classify, describe_error, retry_after};
+use alertsync_template::{BodyTemplate, Context, Engine, TextTemplate};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+/// Longest excerpt of an error response kept in a dead-letter reason.
+const RESPONSE_EXCERPT: usize = 300;
+
+/// A destination could not be set up: names the destination and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("destinations[{name}].{field}: {reason}")]
+pub struct DestinationError {
+    /// Destination name.
+    pub name: String,
+    /// Field (json, headers.X, params.Y, url…).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A rendered request, ready to send.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// Method.
+    pub method: reqwest::Method,
+    /// URL with the rendered query parameters.
+    pub url: url::Url,
+    /// Headers, in send order.
+    pub headers: HeaderMap,
+    /// JSON body text.
+    pub body: Option<String>,
+}
+
+/// The result of one attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// 2xx.
+    Delivered(u16),
+    /// Anything else.
+    Failed {
+        /// HTTP status, if a response came.
+        status: Option<u16>,
+        /// Transient or permanent.
+        class: Class,
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+        /// What happened, redacted.
+        reason: String,
+    },
+}
+
+/// A compiled destination.
+pub struct Destination {
+    /// Its name.
+    pub name: String,
+    method: reqwest::Method,
+    url: url::Url,
+    headers: Vec<(HeaderName, TextTemplate)>,
+    params: Vec<(String, TextTemplate)>,
+    body: Option<BodyTemplate>,
+    max_body_bytes: Option<usize>,
+    client: reqwest::Client,
+    /// Retry delays.
+    pub retry: RetryPolicy,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    redactor: Redactor,
+}
+
+impl Destination {
+    /// Compiles every template (a syntax error names the destination and field) and builds the
+    /// HTTP client.
+    pub fn new(
+        cfg: &DestinationConfig,
+        engine: &Engine,
+        redactor: Redactor,
+    ) -> Result<Self, DestinationError> {
+        let err = |field: &str, reason: String| DestinationError {
+            name: cfg.name.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        let body = cfg
+            .json
+            .as_deref()
+            .map(|t| engine.compile_json_body(t))
+            .transpose()
+            .map_err(|e| err("json", e.to_string()))?;
+        let mut headers = Vec::new();
+        for (name, value) in &cfg.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| err(&format!("headers.{name}"), "invalid header name".into()))?;
+            let template = engine
+                .compile_text(value)
+                .map_err(|e| err(&format!("headers.{name}"), e.to_string()))?;
+            headers.push((header, template));
+        }
+        let mut params = Vec::new();
+        for (name, value) in &cfg.params {
+            let template = engine
+                .compile_text(value)
+                .map_err(|e| err(&format!("params.{name}"), e.to_string()))?;
+            params.push((name.clone(), template));
+        }
+        let client = alertsync_http::client_builder()
+            .timeout(cfg.timeout.get())
+            .tls_danger_accept_invalid_certs(!cfg.verify_tls)
+            // A redirect could carry our credentials to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| err("url", describe_error(&e)))?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            method: reqwest::Method::from_bytes(cfg.method.as_str().as_bytes())
+                .unwrap_or(reqwest::Method::POST),
+            url: cfg.url.clone(),
+            headers,
+            params,
+            body,
+            max_body_bytes: cfg.max_body_bytes,
+            client,
+            retry: RetryPolicy {
+                base: cfg.retry.base_delay.get(),
+                max: cfg.retry.max_delay.get(),
+                max_retry_after: cfg.retry.max_retry_after.get(),
+            },
+            max_attempts: cfg.retry.max_attempts,
+            redactor,
+        })
+    }
+
+    /// Renders the request for `alert` (the Get Alert body). Errors are reasons for a
+    /// dead-letter entry and never quote the rendered text.
+    pub fn render(&self, ctx: &Context, alert_uuid: &str) -> Result<Rendered, String> {
+        let mut url = self.url.clone();
+        if !self.params.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, t) in &self.params {
+                let value = t
+                    .render(ctx)
+                    .map_err(|e| format!("rendering params.{name} failed: {e}"))?;
+                pairs.append_pair(name, &value);
+            }
+        }
+        let mut headers = HeaderMap::new();
+        for (name, t) in &self.headers {
+            let value = t
+                .render(ctx)
+                .map_err(|e| format!("rendering headers.{name} failed: {e}"))?;
+            let value = HeaderValue::from_str(&value).map_err(|_| {
+                format!("headers.{name} rendered to a value that is not a valid header (control characters?)")
+            })?;
+            headers.append(name.clone(), value);
+        }
+        let body = match &self.body {
+            None => None,
+            Some(t) => {
+                let text = t
+                    .render(ctx)
+                    .map_err(|e| format!("rendering json failed: {e}"))?;
+                if let Some(limit) = self.max_body_bytes
+                    && text.len() > limit
+                {
+                    return Err(format!(
+                        "rendered body is {} bytes, over this destination's limit of {limit} bytes",
+                        text.len()
+                    ));
+                }
+                if !headers.contains_key(CONTENT_TYPE) {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Some(text)
+            }
+        };
+        let idempotency = HeaderName::from_static("idempotency-key");
+        if !headers.contains_key(&idempotency) {
+            // Same key on every retry and redelivery, so receivers that honour it dedupe.
+            let key = format!("{alert_uuid}:{}", self.name);
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                headers.insert(idempotency, v);
+            }
+        }
+        Ok(Rendered {
+            method: self.method.clone(),
+            url,
+            headers,
+            body,
+        })
+    }
+
+    /// Makes one attempt.
+    pub async fn send(&self, r: Rendered) -> Attempt {
+        let mut req = self.client.request(r.method, r.url).headers(r.headers);
+        if let Some(body) = r.body {
+            req = req.body(body);
+        }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                return Attempt::Failed {
+                    status: None,
+                    class: Class::Transient,
+                    retry_after: None,
+                    reason: self.redactor.redact(&describe_error(&e)),
+                };
+            }
+        };
+        let status = resp.status();
+        let code = status.as_u16();
+        let class = classify(code);
+        if class == Class::Success {
+            return Attempt::Delivered(code);
+        }
+        let wait = retry_after(resp.headers());
+        let excerpt = match resp.bytes().await {
+            Ok(b) => {
+                let text =
+                    String::from_utf8_lossy(&b[..b.len().min(RESPONSE_EXCERPT)]).into_owned();
+                let text = text.trim().replace(['\n', '\r'], " ");
+                if text.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {text}")
+                }
+            }
+            Err(_) => String::new(),
+        };
+        Attempt::Failed {
+            status: Some(code),
+            class,
+            retry_after: wait,
+            reason: self.redactor.redact(&format!(
+                "destination answered {code} {}{excerpt}",
+                status.canonical_reason().unwrap_or("")
+            )),
+        }
+    }
+}

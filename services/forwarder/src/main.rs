@@ -1,0 +1,13 @@
+//! `alertsync-forwarder --config alertsync.toml`: delivers enriched alerts to destinations.
+
+fn main() -> std::process::ExitCode {
+    alertsync_runtime::service_main(
+        alertsync_config::Stage::Forwarder,
+        |cfg, shutdown| async move {
+            alertsync_forwarder::Forwarder::build(&cfg)
+                .await?
+                .run(shutdown)
+                .await
+        },
+    )
+}

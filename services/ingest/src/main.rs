@@ -1,0 +1,13 @@
+//! `alertsync-ingest --config alertsync.toml`: the webhook source.
+
+fn main() -> std::process::ExitCode {
+    alertsync_runtime::service_main(
+        alertsync_config::Stage::Ingest,
+        |cfg, shutdown| async move {
+            alertsync_ingest::Ingest::build(&cfg)
+                .await?
+                .run(shutdown)
+                .await
+        },
+    )
+}
