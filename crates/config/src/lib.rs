@@ -730,6 +730,24 @@ json = '''{"alert_short_id":"{{ node.0['alert_uuid'] }}", "rule_name":"{{ node.1
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid_and_its_templates_compile() {
+        let text = include_str!("../../../alertsync.example.toml");
+        let env = |k: &str| match k {
+            "SEKOIA_API_KEY" | "ALERTSYNC_WEBHOOK_TOKEN" | "SOAR_API_KEY" | "SEKOIA_INTAKE_KEY" => {
+                Some(format!("{k}-value-for-test"))
+            }
+            _ => None,
+        };
+        let cfg = Config::parse(text, &env, &Stage::ALL).unwrap();
+        assert_eq!(cfg.destinations.len(), 2);
+        assert!(cfg.redactor.leaks("SEKOIA_INTAKE_KEY-value-for-test"));
+        assert_eq!(
+            cfg.destination("sekoia-intake").unwrap().max_body_bytes,
+            Some(250000)
+        );
+    }
+
+    #[test]
     fn a_missing_variable_names_the_field_and_the_variable() {
         let err = Config::parse(ISSUE_EXAMPLE, &|_| None, &[Stage::Enricher]).unwrap_err();
         let msg = err.to_string();

@@ -131,3 +131,25 @@ impl Forwarder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alertsync_config::{Config, Stage};
+
+    #[test]
+    fn the_example_config_compiles_every_destination() {
+        let text = include_str!("../../../alertsync.example.toml");
+        let cfg = Config::parse(text, &|k| Some(format!("{k}-value")), &Stage::ALL).unwrap();
+        let dests = super::compile_destinations(&cfg).unwrap();
+        assert_eq!(dests.len(), 2);
+    }
+
+    #[test]
+    fn a_template_syntax_error_names_the_destination_and_field() {
+        let text = include_str!("../../../alertsync.example.toml")
+            .replace("\"This is a description\"", "\"{% if %}\"");
+        let cfg = Config::parse(&text, &|k| Some(format!("{k}-value")), &Stage::ALL).unwrap();
+        let err = super::compile_destinations(&cfg).err().unwrap().to_string();
+        assert!(err.starts_with("destinations[soar].json:"), "{err}");
+    }
+}

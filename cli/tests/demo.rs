@@ -1,0 +1,38 @@
+//! `alertsync demo` as a newcomer runs it: alerts flow from the fake Sekoia to both
+//! destinations, and `--count` ends it cleanly.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_delivers_alerts_to_both_destinations_and_stops_cleanly() {
+    if std::env::var_os("NATS_SERVER_BIN").is_none() {
+        panic!("NATS_SERVER_BIN is not set: run the tests with scripts/test");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_alertsync"))
+        .args(["demo", "--every", "200ms", "--count", "3"])
+        .output()
+        .expect("alertsync runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let soar: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("POST /soar"))
+        .collect();
+    let intake: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("POST /intake"))
+        .collect();
+    assert!(soar.len() >= 3 && intake.len() >= 3, "{stdout}");
+    // Every printed body is valid JSON, including the alert whose rule name holds quotes.
+    let bodies: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with("           {"))
+        .map(|l| serde_json::from_str(l.trim()).expect("printed body is JSON"))
+        .collect();
+    assert!(bodies.len() >= 6, "{stdout}");
+    assert!(stdout.contains("3 alerts delivered to both destinations"));
+}
