@@ -420,3 +420,35 @@ async fn poison_on_the_created_subject_is_dead_lettered_and_the_pipeline_keeps_f
     );
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_webhook_answers_503_while_nats_is_down_and_the_pipeline_resumes_when_it_is_back() {
+    let mut p = Pipeline::start(&destination("soar", "/soar", MAIN_TEMPLATE)).await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    p.sekoia.insert_alert(alertsync_standins::alerts::new_alert(
+        &uuid,
+        "ALdown000001",
+        "rule",
+        "title",
+    ));
+    let body = serde_json::to_vec(&json!({"alert_uuid": uuid})).unwrap();
+    p.nats.kill();
+    let unavailable = eventually(SOON, || async {
+        p.post_raw(body.clone(), Some(WEBHOOK_TOKEN)).await.0 == 503
+    })
+    .await;
+    assert!(unavailable, "503 while NATS is down");
+    p.nats.restart().expect("nats-server restarts on its store");
+    // A caller retrying on 503 gets through once the services have reconnected.
+    let accepted = eventually(SOON, || async {
+        p.post_raw(body.clone(), Some(WEBHOOK_TOKEN)).await.0 == 202
+    })
+    .await;
+    assert!(accepted);
+    assert!(p.receiver.wait_until(SOON, |reqs| !reqs.is_empty()).await);
+    assert_eq!(
+        uuids_in(&p.receiver.requests(), "alert_short_id"),
+        vec![uuid]
+    );
+    p.shutdown().await;
+}
