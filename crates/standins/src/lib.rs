@@ -13,14 +13,21 @@ pub mod sekoia;
 pub use receiver::{Receiver, Recorded, Reply};
 pub use sekoia::FakeSekoia;
 
-/// Binds `127.0.0.1:0` and serves `router` in the background; returns the address.
-async fn serve(router: axum::Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port");
-    let addr = listener.local_addr().expect("bound address");
+/// Binds `addr` (port 0 picks a free one) and serves `router` in the background; returns the
+/// bound address.
+async fn serve_on(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    addr
+    Ok(addr)
+}
+
+/// A free loopback port, for tests and the demo.
+fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -105,10 +105,17 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on a free loopback port.
     pub async fn start() -> Self {
+        Self::start_on(crate::loopback())
+            .await
+            .expect("binding a loopback port")
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         let inner = Arc::new(Inner::default());
         let router = Router::new().fallback(record).with_state(inner.clone());
-        let addr = crate::serve(router).await;
-        Self { addr, inner }
+        let addr = crate::serve_on(addr, router).await?;
+        Ok(Self { addr, inner })
     }
 
     /// `http://127.0.0.1:<port><path>`.

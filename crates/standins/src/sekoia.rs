@@ -38,14 +38,21 @@ pub struct FakeSekoia {
 impl FakeSekoia {
     /// Starts on a free loopback port, accepting `api_key`.
     pub async fn start(api_key: &str) -> Self {
+        Self::start_on(crate::loopback(), api_key)
+            .await
+            .expect("binding a loopback port")
+    }
+
+    /// Starts on `addr`, accepting `api_key`.
+    pub async fn start_on(addr: SocketAddr, api_key: &str) -> std::io::Result<Self> {
         let inner = Arc::new(Inner::default());
         *inner.api_key.lock().unwrap() = api_key.to_string();
         let router = Router::new()
             .route("/v1/sic/alerts/{uuid}", get(get_alert))
             .route("/v1/me", get(me))
             .with_state(inner.clone());
-        let addr = crate::serve(router).await;
-        Self { addr, inner }
+        let addr = crate::serve_on(addr, router).await?;
+        Ok(Self { addr, inner })
     }
 
     /// `http://127.0.0.1:<port>`: the `sekoia.base_url` to configure.
