@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use alertsync_config::{Config, Stage};
-use alertsync_standins::{FakeSekoia, Receiver, alerts};
+use alertsync_standins::{FakeSekoia, Receiver};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
@@ -36,15 +36,6 @@ const WEBHOOK_TOKEN: &str = "demo-webhook-token-not-secret";
 const SEKOIA_KEY: &str = "demo-sekoia-api-key";
 const INTAKE_KEY: &str = "demo-intake-key-1234";
 const SOAR_KEY: &str = "demo-soar-api-key";
-
-/// Rule names the fake Sekoia cycles through; one is hostile on purpose, to show that it
-/// reaches the destination as valid JSON.
-const RULES: &[&str] = &[
-    "Brute force on SSH service",
-    "Suspicious PowerShell download cradle",
-    "Rule with \"quotes\", a \\ backslash and {{ braces }}",
-    "Impossible travel for a privileged account",
-];
 
 /// The demo's configuration, in the same format as `alertsync.example.toml`.
 fn demo_config(nats_url: &str, sekoia: &str, receiver: &str) -> String {
@@ -93,7 +84,7 @@ fn demo_env(name: &str) -> Option<String> {
 
 /// Runs the demo until Ctrl-C (or `--count` deliveries).
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    alertsync_runtime::init_logging_with_default("warn");
+    let _telemetry = alertsync_runtime::init_logging_with_default("alertsync-demo", "warn");
     let (_server, nats_url) = match &args.nats_url {
         Some(url) => (None, url.clone()),
         None => {
@@ -158,9 +149,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops.\n");
 
-    let generator = tokio::spawn(generate(
+    let generator = tokio::spawn(crate::standins::generate(
         sekoia.clone(),
         webhook,
+        WEBHOOK_TOKEN.to_string(),
         args.every,
         shutdown.clone(),
     ));
@@ -190,46 +182,4 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         r??;
     }
     Ok(())
-}
-
-/// Creates an alert in the fake Sekoia every `every` and announces it to the webhook, the
-/// way the LiveAPI would.
-async fn generate(
-    sekoia: FakeSekoia,
-    webhook: String,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let client = alertsync_http::client_builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client without custom TLS settings builds");
-    let mut tick = tokio::time::interval(every);
-    for i in 0usize.. {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let uuid = uuid::Uuid::new_v4().to_string();
-        let short_id = alerts::random_short_id();
-        let rule = RULES[i % RULES.len()];
-        let alert = alerts::new_alert(&uuid, &short_id, rule, rule);
-        let notification = alerts::live_notification(&alert);
-        sekoia.insert_alert(alert);
-        println!("[sekoia]   alert {short_id} created ({uuid}), rule: {rule}");
-        let resp = client
-            .post(&webhook)
-            .bearer_auth(WEBHOOK_TOKEN)
-            .json(&notification)
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().as_u16() == 202 => {}
-            Ok(r) => println!("[sekoia]   webhook answered {}", r.status()),
-            Err(e) => println!(
-                "[sekoia]   webhook unreachable: {}",
-                alertsync_http::describe_error(&e)
-            ),
-        }
-    }
 }

@@ -40,7 +40,7 @@ impl From<StageArg> for Stage {
 
 /// Runs the chosen stages until SIGTERM/SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    alertsync_runtime::init_logging();
+    let _telemetry = alertsync_runtime::init_logging("alertsync");
     let stages: Vec<Stage> = args.stages.iter().map(|s| (*s).into()).collect();
     let config = Config::load(&args.config, &stages)?;
     let shutdown = CancellationToken::new();

@@ -3,6 +3,10 @@
 //! and a recording destination standing in for the outside world.
 //!
 //! Every wait is a condition with a deadline; nothing sleeps to synchronise.
+//!
+//! [`faults`] runs the same services as child processes, for the fault-injection suite.
+
+pub mod faults;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -82,6 +86,7 @@ pub struct Pipeline {
     ingest: Option<Running>,
     enricher: Option<Running>,
     forwarder: Option<Running>,
+    extra: Vec<Running>,
 }
 
 /// Config text for a pipeline; `{receiver}` in `destinations` is the receiver's base URL.
@@ -101,14 +106,17 @@ request_timeout = "5s"
 base_url = "{sekoia_url}"
 api_key = "${{SEKOIA_API_KEY}}"
 timeout = "5s"
+rejected_key_retry = "500ms"
 [ingest]
 listen = "127.0.0.1:0"
 webhook_token = "${{WEBHOOK_TOKEN}}"
+live = false
+poll_interval = "0"
 [enricher]
 listen = "127.0.0.1:0"
 retry_base_delay = "100ms"
 retry_max_delay = "1s"
-rejected_key_retry = "500ms"
+rule_names_filter = []
 [forwarder]
 listen = "127.0.0.1:0"
 {destinations}
@@ -117,6 +125,11 @@ listen = "127.0.0.1:0"
         destinations = destinations.replace("{receiver}", receiver_url),
     )
 }
+
+/// Ingest lines of the default test config: webhook only.
+pub const DEFAULT_INGEST: &str = "live = false\npoll_interval = \"0\"\n";
+/// Enricher lines of the default test config: no trigger filter.
+pub const DEFAULT_ENRICHER: &str = "rule_names_filter = []\n";
 
 /// The environment the test config is interpolated from.
 pub fn test_env(name: &str) -> Option<String> {
@@ -150,8 +163,15 @@ max_retry_after = "10s"
 }
 
 impl Pipeline {
-    /// Starts nats-server, the stand-ins and the three services with `destinations`.
+    /// Starts nats-server, the stand-ins and the three services with `destinations`; the
+    /// ingest's live socket and poller are off.
     pub async fn start(destinations: &str) -> Self {
+        Self::start_with(destinations, DEFAULT_INGEST, DEFAULT_ENRICHER).await
+    }
+
+    /// Like [`Pipeline::start`], with `ingest` lines (e.g. `live = true`) and `enricher` lines
+    /// (e.g. filters) in place of the defaults.
+    pub async fn start_with(destinations: &str, ingest: &str, enricher: &str) -> Self {
         let nats = NatsServer::start().expect("nats-server starts (see scripts/nats-server)");
         let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
         let receiver = Receiver::start().await;
@@ -160,7 +180,9 @@ impl Pipeline {
             &sekoia.base_url(),
             &receiver.url(""),
             destinations,
-        );
+        )
+        .replacen(DEFAULT_INGEST, ingest, 1)
+        .replacen(DEFAULT_ENRICHER, enricher, 1);
         let config = Config::parse(&text, &test_env, &Stage::ALL).expect("test config is valid");
         let client = alertsync_jetstream::async_nats::connect(nats.url())
             .await
@@ -175,11 +197,52 @@ impl Pipeline {
             ingest: None,
             enricher: None,
             forwarder: None,
+            extra: Vec::new(),
         };
         p.start_ingest().await;
         p.start_enricher().await;
         p.start_forwarder().await;
         p
+    }
+
+    /// Starts one more ingest replica on the same config (stopped when the pipeline shuts
+    /// down).
+    pub async fn start_extra_ingest(&mut self) {
+        let svc = alertsync_ingest::Ingest::build(&self.config)
+            .await
+            .expect("ingest builds");
+        let (addr, health) = (svc.local_addr(), svc.health());
+        self.extra
+            .push(Running::start(svc, addr, health, |s, stop| Box::pin(s.run(stop))).await);
+    }
+
+    /// `http://<ingest><path>`.
+    pub fn ingest_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.ingest.as_ref().expect("ingest running").addr
+        )
+    }
+
+    /// `http://<enricher><path>`.
+    pub fn enricher_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.enricher.as_ref().expect("enricher running").addr
+        )
+    }
+
+    /// `http://<forwarder><path>`.
+    pub fn forwarder_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.forwarder.as_ref().expect("forwarder running").addr
+        )
+    }
+
+    /// The ingest's readiness.
+    pub fn ingest_health(&self) -> Health {
+        self.ingest.as_ref().expect("ingest running").health.clone()
     }
 
     async fn start_ingest(&mut self) {
@@ -218,6 +281,7 @@ impl Pipeline {
 
     /// Stops every service gracefully, asserting each exits cleanly.
     pub async fn shutdown(mut self) {
+        let extra = std::mem::take(&mut self.extra);
         for s in [
             self.ingest.take(),
             self.enricher.take(),
@@ -225,6 +289,7 @@ impl Pipeline {
         ]
         .into_iter()
         .flatten()
+        .chain(extra)
         {
             s.stop().await.expect("service stops cleanly");
         }
@@ -376,4 +441,26 @@ pub fn uuids_in(requests: &[alertsync_standins::Recorded], key: &str) -> Vec<Str
         .filter(|r| (200..300).contains(&r.status))
         .filter_map(|r| r.json()?.get(key)?.as_str().map(str::to_string))
         .collect()
+}
+
+/// The value of the sample `name_and_labels` (exactly as exposed, e.g.
+/// `alertsync_alerts_received_total{source="live"}`) in Prometheus text, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// GETs `url` and returns the status and body (for /metrics and /readyz).
+pub async fn get_text(url: &str) -> (u16, String) {
+    let resp = reqwest_client()
+        .get(url)
+        .send()
+        .await
+        .expect("service reachable");
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }

@@ -149,6 +149,20 @@ pub struct SekoiaConfig {
     /// Timeout of one API call.
     #[serde(default = "ten_seconds")]
     pub timeout: Duration,
+    /// LiveAPI websocket URL. Default: derived from `base_url` as Sekoia does
+    /// (`https://api.sekoia.io` → `wss://app.sekoia.io/live/`,
+    /// `https://app.<region>.sekoia.io/api` → `wss://app.<region>.sekoia.io/live/`).
+    pub live_url: Option<url::Url>,
+    /// Only alerts of these communities (uuids) are handled, by every source (MSSP setups).
+    /// Empty: all communities the key can see.
+    #[serde(default)]
+    pub communities: Vec<String>,
+    /// How often the key is checked with `GET /v1/me` while it is accepted.
+    #[serde(default = "five_minutes")]
+    pub key_check_interval: Duration,
+    /// How often it is checked again while Sekoia rejects it.
+    #[serde(default = "thirty_seconds")]
+    pub rejected_key_retry: Duration,
 }
 
 /// `[ingest]`
@@ -159,6 +173,31 @@ pub struct IngestConfig {
     pub listen: SocketAddr,
     /// Bearer token that webhook callers must send (use `${ALERTSYNC_WEBHOOK_TOKEN}`).
     pub webhook_token: Secret,
+    /// Listen to the Sekoia LiveAPI websocket (needs `[sekoia]`).
+    #[serde(default = "yes")]
+    pub live: bool,
+    /// Reconnect when nothing at all (message or pong) arrived on the socket for this long.
+    #[serde(default = "ninety_seconds")]
+    pub live_idle_timeout: Duration,
+    /// Largest delay between two reconnection attempts (exponential with full jitter up to it).
+    #[serde(default = "one_minute")]
+    pub live_reconnect_max_delay: Duration,
+    /// How often the catch-up poller lists recent alerts (`0` disables it; needs `[sekoia]`).
+    #[serde(default = "one_minute")]
+    pub poll_interval: Duration,
+    /// How far back the poller looks on its very first run.
+    #[serde(default = "one_hour")]
+    pub poll_lookback: Duration,
+    /// How long an alert uuid is remembered as already published, across sources and restarts.
+    #[serde(default = "seven_days")]
+    pub seen_retention: Duration,
+}
+
+impl IngestConfig {
+    /// Whether a source that needs the Sekoia API (live socket or poller) is on.
+    pub fn uses_sekoia(&self) -> bool {
+        self.live || !self.poll_interval.get().is_zero()
+    }
 }
 
 /// `[enricher]`
@@ -184,9 +223,13 @@ pub struct EnricherConfig {
     /// Largest retry delay (also caps `Retry-After`).
     #[serde(default = "five_minutes")]
     pub retry_max_delay: Duration,
-    /// While Sekoia rejects the key (401/403), how long to wait between checks.
-    #[serde(default = "thirty_seconds")]
-    pub rejected_key_retry: Duration,
+    /// The Alert Created trigger's `rule_filter`: only alerts whose rule name or rule uuid
+    /// equals this are forwarded.
+    pub rule_filter: Option<String>,
+    /// The trigger's `rule_names_filter`: only alerts whose rule name is in this list (exact,
+    /// case-sensitive) are forwarded. With `rule_filter` too, both must pass.
+    #[serde(default)]
+    pub rule_names_filter: Vec<String>,
 }
 
 impl Default for EnricherConfig {
@@ -198,7 +241,8 @@ impl Default for EnricherConfig {
             not_found_attempts: 5,
             retry_base_delay: one_second(),
             retry_max_delay: five_minutes(),
-            rejected_key_retry: thirty_seconds(),
+            rule_filter: None,
+            rule_names_filter: Vec::new(),
         }
     }
 }
@@ -210,12 +254,32 @@ pub struct ForwarderConfig {
     /// Listen address of the health endpoints.
     #[serde(default = "default_forwarder_listen")]
     pub listen: SocketAddr,
+    /// How long the record of a delivery (destination + alert uuid, in the NATS KV bucket
+    /// `<PREFIX>_DELIVERED`) is kept. An alert redelivered or replayed within this time is
+    /// not sent again. At least `nats.stream_max_age`.
+    #[serde(default = "thirty_days")]
+    pub delivery_record_max_age: Duration,
+    /// A destination that rejects our credentials (401/403) or whose circuit opened is probed
+    /// again after this wait, doubled after every failed probe.
+    #[serde(default = "five_seconds")]
+    pub probe_base_delay: Duration,
+    /// Largest wait between two probes.
+    #[serde(default = "five_minutes")]
+    pub probe_max_delay: Duration,
+    /// Transient failures in a row (5xx, timeouts, connection errors) that open a
+    /// destination's circuit: it stops getting requests except for the probes.
+    #[serde(default = "five")]
+    pub circuit_failures: u32,
 }
 
 impl Default for ForwarderConfig {
     fn default() -> Self {
         Self {
             listen: default_forwarder_listen(),
+            delivery_record_max_age: thirty_days(),
+            probe_base_delay: five_seconds(),
+            probe_max_delay: five_minutes(),
+            circuit_failures: 5,
         }
     }
 }
@@ -283,6 +347,32 @@ pub struct DestinationConfig {
     /// Retry policy.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Which alerts this destination gets (all when empty).
+    #[serde(default)]
+    pub filter: DestinationFilter,
+}
+
+/// `[destinations.filter]`: every set condition must pass.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFilter {
+    /// Minimum `urgency.current_value` (0–100).
+    pub min_urgency: Option<u32>,
+    /// Entity names or uuids.
+    #[serde(default)]
+    pub entities: Vec<String>,
+    /// Alert types, as `category` or `category/value` (e.g. `intrusions/system-compromise`).
+    #[serde(default)]
+    pub alert_types: Vec<String>,
+    /// Rule names to include (exact).
+    #[serde(default)]
+    pub rule_names: Vec<String>,
+    /// Rule names to exclude (exact).
+    #[serde(default)]
+    pub exclude_rule_names: Vec<String>,
+    /// Community uuids.
+    #[serde(default)]
+    pub communities: Vec<String>,
 }
 
 impl std::fmt::Debug for DestinationConfig {
@@ -301,6 +391,7 @@ impl std::fmt::Debug for DestinationConfig {
             .field("concurrency", &self.concurrency)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("retry", &self.retry)
+            .field("filter", &self.filter)
             .finish()
     }
 }
@@ -420,7 +511,10 @@ impl Config {
         stages: &[Stage],
     ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_err(e))?;
-        let needed: Vec<&str> = stages.iter().flat_map(|s| s.sections()).copied().collect();
+        let mut needed: Vec<&str> = stages.iter().flat_map(|s| s.sections()).copied().collect();
+        if stages.contains(&Stage::Ingest) && ingest_uses_sekoia(&table) {
+            needed.push("sekoia");
+        }
         let mut problems = Vec::new();
         let mut secrets = Vec::new();
         for (key, value) in table.iter_mut() {
@@ -485,6 +579,7 @@ impl Config {
         if self.nats.duplicate_window > self.nats.stream_max_age {
             problems.push("nats.duplicate_window: must not exceed nats.stream_max_age".into());
         }
+        self.validate_sekoia(problems);
         for stage in stages {
             match stage {
                 Stage::Ingest => match &self.ingest {
@@ -493,6 +588,20 @@ impl Config {
                         if i.webhook_token.expose().len() < 16 {
                             problems.push(
                                 "ingest.webhook_token: must be at least 16 characters".into(),
+                            );
+                        }
+                        if i.uses_sekoia() && self.sekoia.is_none() {
+                            problems.push(
+                                "sekoia: section [sekoia] is required by ingest.live and \
+                                 ingest.poll_interval (set live = false and poll_interval = 0 \
+                                 for a webhook-only ingest)"
+                                    .into(),
+                            );
+                        }
+                        if i.live_idle_timeout.get() < std::time::Duration::from_secs(25) {
+                            problems.push(
+                                "ingest.live_idle_timeout: must be at least 25s (pings go every 20s)"
+                                    .into(),
                             );
                         }
                     }
@@ -526,8 +635,46 @@ impl Config {
                         );
                     }
                 }
-                Stage::Forwarder => self.validate_destinations(problems),
+                Stage::Forwarder => {
+                    self.validate_forwarder(problems);
+                    self.validate_destinations(problems)
+                }
             }
+        }
+    }
+
+    fn validate_sekoia(&self, problems: &mut Vec<String>) {
+        let Some(s) = &self.sekoia else { return };
+        for (i, c) in s.communities.iter().enumerate() {
+            if !is_uuid(c) {
+                problems.push(format!("sekoia.communities[{i}]: {c:?} is not a uuid"));
+            }
+        }
+        if let Some(u) = &s.live_url
+            && !matches!(u.scheme(), "ws" | "wss")
+        {
+            problems.push("sekoia.live_url: must be a ws:// or wss:// URL".into());
+        }
+    }
+
+    fn validate_forwarder(&self, problems: &mut Vec<String>) {
+        let f = &self.forwarder;
+        if f.delivery_record_max_age < self.nats.stream_max_age {
+            problems.push(
+                "forwarder.delivery_record_max_age: must be at least nats.stream_max_age \
+                 (an alert redelivered after its record expired would be sent again)"
+                    .into(),
+            );
+        }
+        if f.probe_base_delay.get().is_zero() || f.probe_base_delay > f.probe_max_delay {
+            problems.push(
+                "forwarder.probe_base_delay: must be more than 0 and at most \
+                 forwarder.probe_max_delay"
+                    .into(),
+            );
+        }
+        if f.circuit_failures == 0 {
+            problems.push("forwarder.circuit_failures: must be at least 1".into());
         }
     }
 
@@ -563,6 +710,18 @@ impl Config {
                     "{at}.retry.base_delay: must not exceed retry.max_delay"
                 ));
             }
+            if let Some(u) = d.filter.min_urgency
+                && u > 100
+            {
+                problems.push(format!(
+                    "{at}.filter.min_urgency: must be between 0 and 100"
+                ));
+            }
+            for (j, c) in d.filter.communities.iter().enumerate() {
+                if !is_uuid(c) {
+                    problems.push(format!("{at}.filter.communities[{j}]: {c:?} is not a uuid"));
+                }
+            }
             for name in d.headers.keys() {
                 if name.is_empty()
                     || !name
@@ -591,6 +750,23 @@ pub fn is_credential_header(name: &str) -> bool {
         || n.contains("secret")
         || n.contains("key")
         || n.contains("auth")
+}
+
+/// Whether `[ingest]` turns on a source that needs `[sekoia]` (read before deserializing, to
+/// know which sections' variables must be set).
+fn ingest_uses_sekoia(table: &toml::Table) -> bool {
+    let Some(ingest) = table.get("ingest").and_then(|v| v.as_table()) else {
+        return false;
+    };
+    let live = ingest.get("live").and_then(|v| v.as_bool()).unwrap_or(true);
+    let poll_off = match ingest.get("poll_interval") {
+        Some(toml::Value::Integer(0)) => true,
+        Some(toml::Value::String(s)) => {
+            humantime::parse_duration(s.trim()).is_ok_and(|d| d.is_zero())
+        }
+        _ => false,
+    };
+    live || !poll_off
 }
 
 fn parse_err(e: toml::de::Error) -> ConfigError {
@@ -639,6 +815,14 @@ fn expand(
     }
 }
 
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -673,6 +857,15 @@ fn ten() -> u32 {
 fn sixteen() -> usize {
     16
 }
+fn ninety_seconds() -> Duration {
+    Duration::secs(90)
+}
+fn one_minute() -> Duration {
+    Duration::secs(60)
+}
+fn one_hour() -> Duration {
+    Duration::secs(3600)
+}
 fn one_second() -> Duration {
     Duration::secs(1)
 }
@@ -696,6 +889,9 @@ fn fifteen_minutes() -> Duration {
 }
 fn seven_days() -> Duration {
     Duration::secs(7 * 86400)
+}
+fn thirty_days() -> Duration {
+    Duration::secs(30 * 86400)
 }
 fn ninety_days() -> Duration {
     Duration::secs(90 * 86400)

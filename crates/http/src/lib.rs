@@ -16,13 +16,19 @@ use backon::BackoffBuilder;
 /// User-Agent sent on every request.
 pub const USER_AGENT: &str = concat!("alertsync/", env!("CARGO_PKG_VERSION"));
 
-/// A client builder with rustls (ring) and connect/pool settings every client wants.
-pub fn client_builder() -> reqwest::ClientBuilder {
+/// Installs rustls' ring crypto provider as the process default (once). Every TLS client
+/// (reqwest, the LiveAPI websocket) needs it before its first connection.
+pub fn install_crypto() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // Fails only if another provider was installed first, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// A client builder with rustls (ring) and connect/pool settings every client wants.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install_crypto();
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(Duration::from_secs(10))

@@ -60,8 +60,18 @@ pub async fn connect(
     if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
         opts = opts.user_and_password(user.clone(), password.expose().to_string());
     }
+    // Several URLs, comma-separated, name the nodes of a cluster; the client fails over
+    // between them.
+    let servers = cfg
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreachable(format!("invalid server URL: {e}")))?;
     let client = opts
-        .connect(cfg.url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     let info = client.server_info();

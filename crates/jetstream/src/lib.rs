@@ -6,16 +6,22 @@
 //! - [`publish`]: publishing with a message id and awaiting the JetStream acknowledgement.
 //! - [`worker`]: the bounded pull loop every consuming stage runs; a handler returns an
 //!   [`Outcome`] and the outcome picks the acknowledgement (ack, delayed NAK, dead-letter).
+//! - [`gate`]: pausing a consumer while the service it calls rejects our credentials, keeps
+//!   failing (circuit breaker) or rate-limits us, with probes that resume it by itself.
 //! - [`dead_letter`]: building and publishing `DeadLetter` entries.
+//! - [`dlq`]: reading, replaying and purging the dead-letter stream (`alertsync dlq`).
 
 pub mod connect;
 pub mod dead_letter;
+pub mod dlq;
+pub mod gate;
 pub mod publish;
 pub mod subjects;
 pub mod topology;
 pub mod worker;
 
 pub use connect::{ConnectError, connect};
+pub use gate::{Gate, GatePolicy, GateState, GateStatus, Pass, Turn};
 pub use subjects::Subjects;
 pub use topology::Topology;
 pub use worker::{Delivery, Handler, Outcome, Worker, WorkerConfig};

@@ -25,6 +25,11 @@ impl Subjects {
         }
     }
 
+    /// The upper-case base of stream and bucket names (`ALERTSYNC` for `alertsync`).
+    pub fn stream_base(&self) -> &str {
+        &self.stream_base
+    }
+
     /// The prefix itself.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -71,6 +76,18 @@ impl Subjects {
         format!("{}.dlq.>", self.prefix)
     }
 
+    /// `<prefix>.replay.forward.<destination>`: an `EnrichedAlert` replayed from the DLQ for
+    /// one destination only. It is stored in the enriched stream, and only that destination's
+    /// consumer filters on it, so no other destination sees the replay.
+    pub fn replay_forward(&self, destination: &str) -> String {
+        format!("{}.replay.forward.{destination}", self.prefix)
+    }
+
+    /// Every per-destination replay subject.
+    pub fn replay_forward_all(&self) -> String {
+        format!("{}.replay.forward.>", self.prefix)
+    }
+
     /// Stream of created alerts.
     pub fn created_stream(&self) -> String {
         format!("{}_ALERTS_CREATED", self.stream_base)
@@ -84,6 +101,12 @@ impl Subjects {
     /// Stream of dead letters.
     pub fn dead_letter_stream(&self) -> String {
         format!("{}_DLQ", self.stream_base)
+    }
+
+    /// KV bucket of delivery records (`<destination>.<alert uuid>` → when it was delivered),
+    /// which lets the forwarder skip an alert it already delivered when JetStream redelivers.
+    pub fn delivery_records_bucket(&self) -> String {
+        format!("{}_DELIVERED", self.stream_base)
     }
 
     /// Durable consumer of the enricher.
@@ -129,6 +152,8 @@ mod tests {
             "t-1.dlq.forward.soar"
         );
         assert_eq!(s.created_stream(), "T_1_ALERTS_CREATED");
+        assert_eq!(s.replay_forward("soar"), "t-1.replay.forward.soar");
+        assert_eq!(s.delivery_records_bucket(), "T_1_DELIVERED");
     }
 
     #[test]

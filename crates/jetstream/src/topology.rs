@@ -3,9 +3,13 @@
 //!
 //! Streams (limits retention, file storage, replicas from `nats.stream_replicas`):
 //! - `<PREFIX>_ALERTS_CREATED` on `<prefix>.alerts.created.>`, deduplicated by alert uuid;
-//! - `<PREFIX>_ALERTS_ENRICHED` on `<prefix>.alerts.enriched.>`;
+//! - `<PREFIX>_ALERTS_ENRICHED` on `<prefix>.alerts.enriched.>` and
+//!   `<prefix>.replay.forward.>` (alerts replayed from the DLQ for one destination);
 //! - `<PREFIX>_DLQ` on `<prefix>.dlq.>`, kept `nats.dlq_max_age` so operators can inspect and
 //!   replay entries by sequence.
+//!
+//! And the KV bucket `<PREFIX>_DELIVERED` of delivery records (see
+//! [`Topology::ensure_delivery_records`]).
 
 use std::time::Duration;
 
@@ -13,7 +17,8 @@ use alertsync_config::NatsConfig;
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-    stream::{self, RetentionPolicy, StorageType},
+    kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
 use crate::Subjects;
@@ -77,13 +82,18 @@ impl Topology {
         let s = &self.subjects;
         let dup = self.nats.duplicate_window.get();
         let age = self.nats.stream_max_age.get();
-        self.ensure_stream(s.created_stream(), s.created_all(), age, dup)
-            .await?;
-        self.ensure_stream(s.enriched_stream(), s.enriched_all(), age, dup)
+        self.ensure_stream(s.created_stream(), vec![s.created_all()], age, dup)
             .await?;
         self.ensure_stream(
+            s.enriched_stream(),
+            vec![s.enriched_all(), s.replay_forward_all()],
+            age,
+            dup,
+        )
+        .await?;
+        self.ensure_stream(
             s.dead_letter_stream(),
-            s.dead_letter_all(),
+            vec![s.dead_letter_all()],
             self.nats.dlq_max_age.get(),
             dup,
         )
@@ -93,7 +103,7 @@ impl Topology {
     async fn ensure_stream(
         &self,
         name: String,
-        subject: String,
+        subjects: Vec<String>,
         max_age: Duration,
         duplicate_window: Duration,
     ) -> Result<(), TopologyError> {
@@ -103,7 +113,7 @@ impl Topology {
         };
         let wanted = stream::Config {
             name: name.clone(),
-            subjects: vec![subject],
+            subjects,
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             num_replicas: self.nats.stream_replicas,
@@ -142,10 +152,57 @@ impl Topology {
         Ok(())
     }
 
+    /// Opens the key-value bucket `<PREFIX>_<name>`, creating it when missing. `max_age`
+    /// bounds how long each entry lives (`None`: forever).
+    pub async fn ensure_kv(
+        &self,
+        name: &str,
+        max_age: Option<Duration>,
+    ) -> Result<jetstream::kv::Store, TopologyError> {
+        let bucket = format!("{}_{name}", self.subjects.stream_base());
+        let err = |reason: String| TopologyError {
+            what: format!("key-value bucket {bucket}"),
+            reason,
+        };
+        if let Ok(store) = self.js.get_key_value(&bucket).await {
+            return Ok(store);
+        }
+        let created = self
+            .js
+            .create_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                max_age: max_age.unwrap_or_default(),
+                storage: StorageType::File,
+                num_replicas: self.nats.stream_replicas,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(store) => Ok(store),
+            // Another replica created it between our get and create.
+            Err(e) => self
+                .js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| err(e.to_string())),
+        }
+    }
+
     /// Creates (or updates in place) a durable pull consumer and returns it.
     pub async fn ensure_consumer(
         &self,
         spec: &ConsumerSpec,
+    ) -> Result<PullConsumer, TopologyError> {
+        self.ensure_consumer_with_filters(spec, &[]).await
+    }
+
+    /// Like [`Topology::ensure_consumer`], with more subject filters besides `spec.filter`
+    /// (a destination's consumer also reads its own replay subject).
+    pub async fn ensure_consumer_with_filters(
+        &self,
+        spec: &ConsumerSpec,
+        extra_filters: &[String],
     ) -> Result<PullConsumer, TopologyError> {
         let err = |reason: String| TopologyError {
             what: format!("consumer {} on {}", spec.name, spec.stream),
@@ -156,10 +213,19 @@ impl Topology {
             .get_stream(&spec.stream)
             .await
             .map_err(|e| err(e.to_string()))?;
+        // One filter goes in `filter_subject`, several in `filter_subjects` (server 2.10+).
+        let (filter_subject, filter_subjects) = if extra_filters.is_empty() {
+            (spec.filter.clone(), Vec::new())
+        } else {
+            let mut all = vec![spec.filter.clone()];
+            all.extend(extra_filters.iter().cloned());
+            (String::new(), all)
+        };
         stream
             .create_consumer(pull::Config {
                 durable_name: Some(spec.name.clone()),
-                filter_subject: spec.filter.clone(),
+                filter_subject,
+                filter_subjects,
                 ack_policy: AckPolicy::Explicit,
                 deliver_policy: DeliverPolicy::All,
                 ack_wait: spec.ack_wait,
@@ -169,6 +235,63 @@ impl Topology {
                 max_ack_pending: spec.max_ack_pending,
                 ..Default::default()
             })
+            .await
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Creates the KV bucket of delivery records (or updates its retention and replicas) and
+    /// returns it. Records expire after `max_age`.
+    ///
+    /// The bucket's stream is created here rather than with `create_key_value`, which needs
+    /// account information that servers before 2.10.8 do not send; the shape is the one
+    /// async-nats gives a bucket with `history = 1`.
+    pub async fn ensure_delivery_records(
+        &self,
+        max_age: Duration,
+    ) -> Result<kv::Store, TopologyError> {
+        let bucket = self.subjects.delivery_records_bucket();
+        let err = |reason: String| TopologyError {
+            what: format!("KV bucket {bucket}"),
+            reason,
+        };
+        let wanted = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("alertsync delivery records: destination.alert-uuid".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: StorageType::File,
+            num_replicas: self.nats.stream_replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        };
+        let mut stream = self
+            .js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let current = stream
+            .info()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .config
+            .clone();
+        if current.num_replicas != wanted.num_replicas || current.max_age != wanted.max_age {
+            let updated = stream::Config {
+                num_replicas: wanted.num_replicas,
+                max_age: wanted.max_age,
+                ..current
+            };
+            self.js
+                .update_stream(updated)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+        }
+        self.js
+            .get_key_value(&bucket)
             .await
             .map_err(|e| err(e.to_string()))
     }

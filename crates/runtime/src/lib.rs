@@ -5,7 +5,7 @@
 //!   its work) by [`health_router`].
 //! - [`serve`]: runs an axum router on a bound listener until shutdown.
 //! - [`shutdown_on_signal`]: cancels a token on SIGTERM or SIGINT.
-//! - [`init_logging`]: `RUST_LOG` filtering, human or JSON (`ALERTSYNC_LOG_FORMAT=json`) lines.
+//! - [`init_logging`]: logs and traces (`RUST_LOG`, `ALERTSYNC_LOG_FORMAT=json`, `OTEL_*`).
 //! - [`service_main`]: the whole `main` of a service binary (arguments, logging, config,
 //!   signals, exit code), so each binary's `main.rs` is one call.
 
@@ -150,29 +150,23 @@ pub fn shutdown_on_signal(token: CancellationToken) {
     });
 }
 
-/// Installs the global log subscriber: `RUST_LOG` (default `info`), human format unless
-/// `ALERTSYNC_LOG_FORMAT=json`. Safe to call twice (the second call does nothing).
-pub fn init_logging() {
-    init_logging_with_default("info");
+/// Installs logging and tracing for a process named `service` (see
+/// [`alertsync_telemetry::traces`]): `RUST_LOG` (default `info`), human lines unless
+/// `ALERTSYNC_LOG_FORMAT=json`, OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep the
+/// guard until exit: dropping it flushes the spans.
+#[must_use = "dropping the guard shuts tracing down"]
+pub fn init_logging(service: &str) -> alertsync_telemetry::traces::TelemetryGuard {
+    init_logging_with_default(service, "info")
 }
 
 /// Like [`init_logging`], with another filter when `RUST_LOG` is unset (the demo keeps
 /// service logs down to warnings so its own output stays readable).
-pub fn init_logging_with_default(default_filter: &str) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let json = std::env::var("ALERTSYNC_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let result = if json {
-        fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(true)
-            .try_init()
-    } else {
-        fmt().with_env_filter(filter).try_init()
-    };
-    let _ = result;
+#[must_use = "dropping the guard shuts tracing down"]
+pub fn init_logging_with_default(
+    service: &str,
+    default_filter: &str,
+) -> alertsync_telemetry::traces::TelemetryGuard {
+    alertsync_telemetry::traces::init(service, default_filter)
 }
 
 /// Command line of every service binary.
@@ -183,17 +177,21 @@ struct ServiceArgs {
     config: std::path::PathBuf,
 }
 
-/// The `main` of a service: parses `--config`, sets up logging, loads and validates the config
+/// The `main` of the service binary `service`: parses `--config`, sets up logging and tracing, loads and validates the config
 /// for `stage` (printing the problems and exiting 2 on error), then runs `run` until SIGTERM or
 /// SIGINT. Exits 0 after a clean shutdown, 1 when `run` failed.
-pub fn service_main<F, Fut>(stage: alertsync_config::Stage, run: F) -> std::process::ExitCode
+pub fn service_main<F, Fut>(
+    service: &str,
+    stage: alertsync_config::Stage,
+    run: F,
+) -> std::process::ExitCode
 where
     F: FnOnce(alertsync_config::Config, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use clap::Parser as _;
     let args = ServiceArgs::parse();
-    init_logging();
+    let _telemetry = init_logging(service);
     let config = match alertsync_config::Config::load(&args.config, &[stage]) {
         Ok(c) => c,
         Err(e) => {

@@ -3,16 +3,23 @@
 //! - [`SekoiaClient::get_alert`]: `GET {base}/v1/sic/alerts/{uuid}` with the flags Sekoia's
 //!   trigger uses, answered as a [`GetAlert`] the enricher maps to an outcome.
 //! - [`SekoiaClient::check_key`]: `GET {base}/v1/me`, to tell a rejected key from an outage.
+//! - [`SekoiaClient::list_alerts`]: one page of `GET {base}/v1/sic/alerts` sorted by creation
+//!   time (the catch-up poller).
+//! - [`live_url`]: the LiveAPI websocket URL, derived from the base URL as Sekoia does.
+//! - [`key`]: the "key accepted" readiness check shared by the services that call Sekoia.
 //!
 //! The base URL is either `https://api.sekoia.io` or a regional `https://app.<region>.sekoia.io/api`;
 //! paths are appended to it, so both work. The API key is sent only in the `Authorization`
 //! header and never appears in an error.
+
+pub mod key;
 
 use std::time::Duration;
 
 use alertsync_config::SekoiaConfig;
 use alertsync_http::{Class, classify, describe_error, retry_after};
 use bytes::Bytes;
+use tracing::Instrument as _;
 
 /// The answer to a Get Alert call.
 #[derive(Debug)]
@@ -92,15 +99,41 @@ impl SekoiaClient {
 
     /// Fetches one alert. `uuid` must already be validated (it becomes a path segment).
     pub async fn get_alert(&self, uuid: &str) -> GetAlert {
+        let span = tracing::info_span!(
+            "sekoia_get_alert",
+            otel.kind = "client",
+            http.request.method = "GET",
+            server.address = self.base.host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+            alert.uuid = %uuid,
+        );
+        let answer = self.get_alert_in_span(uuid).instrument(span.clone()).await;
+        let status = match &answer {
+            GetAlert::Found(_) => Some(200),
+            GetAlert::NotFound => Some(404),
+            GetAlert::KeyRejected(s) => Some(*s),
+            GetAlert::Transient { status, .. } => *status,
+            GetAlert::Permanent { status, .. } => Some(*status),
+        };
+        if let Some(s) = status {
+            span.record("http.response.status_code", s);
+        }
+        answer
+    }
+
+    async fn get_alert_in_span(&self, uuid: &str) -> GetAlert {
         let mut url = self.url(&format!("v1/sic/alerts/{uuid}"));
         url.query_pairs_mut()
             .append_pair("stix", "false")
             .append_pair("comments", "false")
             .append_pair("countermeasures", "false")
             .append_pair("history", "false");
+        let mut trace = reqwest::header::HeaderMap::new();
+        alertsync_telemetry::propagation::inject_http(&mut trace);
         let resp = match self
             .http
             .get(url)
+            .headers(trace)
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
@@ -169,6 +202,118 @@ impl SekoiaClient {
     }
 }
 
+/// One page of the alert list.
+#[derive(Debug)]
+pub struct AlertPage {
+    /// The alerts, as raw JSON objects.
+    pub items: Vec<serde_json::Value>,
+}
+
+/// Why a list call failed.
+#[derive(Debug)]
+pub enum ListError {
+    /// 401/403.
+    KeyRejected(u16),
+    /// 429, 5xx, timeouts, transport errors, garbled bodies.
+    Transient {
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+        /// What happened.
+        reason: String,
+    },
+    /// Other 4xx.
+    Permanent(String),
+}
+
+impl SekoiaClient {
+    /// Lists alerts created at or after `since` (epoch seconds; Sekoia's times are whole
+    /// seconds, so the bound is inclusive and callers dedup by uuid), oldest first.
+    pub async fn list_alerts(
+        &self,
+        since: i64,
+        offset: usize,
+        limit: usize,
+        communities: &[String],
+    ) -> Result<AlertPage, ListError> {
+        let start = chrono::DateTime::from_timestamp(since, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut url = self.url("v1/sic/alerts");
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("date[created_at]", &format!("{start},now"))
+                .append_pair("sort", "created_at")
+                .append_pair("direction", "asc")
+                .append_pair("limit", &limit.to_string())
+                .append_pair("offset", &offset.to_string());
+            if !communities.is_empty() {
+                q.append_pair("match[community_uuid]", &communities.join(","));
+            }
+        }
+        let resp = self
+            .http
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| ListError::Transient {
+                retry_after: None,
+                reason: format!("listing alerts {}", describe_error(&e)),
+            })?;
+        let status = resp.status().as_u16();
+        let wait = retry_after(resp.headers());
+        let body = resp.bytes().await.map_err(|e| ListError::Transient {
+            retry_after: wait,
+            reason: format!("listing alerts {}", describe_error(&e)),
+        })?;
+        match (status, classify(status)) {
+            (401 | 403, _) => Err(ListError::KeyRejected(status)),
+            (_, Class::Success) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|_| ListError::Transient {
+                        retry_after: None,
+                        reason: "alert list answered 200 without JSON".into(),
+                    })?;
+                match v.get("items").and_then(|i| i.as_array()) {
+                    Some(items) => Ok(AlertPage {
+                        items: items.clone(),
+                    }),
+                    None => Err(ListError::Transient {
+                        retry_after: None,
+                        reason: "alert list answered 200 without `items`".into(),
+                    }),
+                }
+            }
+            (_, Class::Transient) => Err(ListError::Transient {
+                retry_after: wait,
+                reason: format!("alert list answered {status}{}", api_message(&body)),
+            }),
+            (_, Class::Permanent) => Err(ListError::Permanent(format!(
+                "alert list answered {status}{}",
+                api_message(&body)
+            ))),
+        }
+    }
+}
+
+/// The LiveAPI URL for `base` as Sekoia derives it: `https://api.sekoia.io` →
+/// `wss://app.sekoia.io/live/`, `https://app.<region>.sekoia.io/api` →
+/// `wss://app.<region>.sekoia.io/live/`; plain `http` gives `ws` (local stand-ins).
+pub fn live_url(base: &url::Url) -> url::Url {
+    let mut u = base.clone();
+    let scheme = if base.scheme() == "http" { "ws" } else { "wss" };
+    let _ = u.set_scheme(scheme);
+    if let Some(host) = base.host_str()
+        && let Some(rest) = host.strip_prefix("api.")
+    {
+        let _ = u.set_host(Some(&format!("app.{rest}")));
+    }
+    u.set_path("/live/");
+    u.set_query(None);
+    u
+}
+
 /// `: <message>` from a Sekoia error body (`{"message": ...}`), bounded in length.
 fn api_message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -180,4 +325,28 @@ fn api_message(body: &[u8]) -> String {
         })
         .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_url_is_derived_like_sekoia_does() {
+        let cases = [
+            ("https://api.sekoia.io", "wss://app.sekoia.io/live/"),
+            (
+                "https://api.test.sekoia.io",
+                "wss://app.test.sekoia.io/live/",
+            ),
+            (
+                "https://app.fra2.sekoia.io/api",
+                "wss://app.fra2.sekoia.io/live/",
+            ),
+            ("http://127.0.0.1:9000", "ws://127.0.0.1:9000/live/"),
+        ];
+        for (base, live) in cases {
+            assert_eq!(live_url(&base.parse().unwrap()).as_str(), live, "{base}");
+        }
+    }
 }

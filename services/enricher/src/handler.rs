@@ -8,47 +8,54 @@ use alertsync_jetstream::{
     Delivery, Handler, Outcome, Subjects, async_nats::jetstream, publish::publish_acked,
 };
 use alertsync_proto::{Message as _, canonical_uuid, time, v1};
-use alertsync_sekoia::{GetAlert, SekoiaClient};
+use alertsync_sekoia::{GetAlert, SekoiaClient, key::KeyState};
+use alertsync_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
-use crate::key::KeyState;
+use crate::filter::TriggerFilter;
 
 /// How often a message held during a rejected-key episode tells the server it is still alive.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// NAK delay for a held message when the service shuts down.
 const RELEASE_DELAY: Duration = Duration::from_secs(5);
 
+/// What a handler is made of, besides its config.
+pub struct Parts {
+    /// JetStream, to publish enriched alerts.
+    pub js: jetstream::Context,
+    /// Subject names.
+    pub subjects: Subjects,
+    /// The Sekoia API.
+    pub sekoia: SekoiaClient,
+    /// The key readiness check.
+    pub key: KeyState,
+    /// The trigger's filters.
+    pub filter: TriggerFilter,
+    /// Counters.
+    pub metrics: Metrics,
+    /// How long a message is held while the key is rejected before trying again.
+    pub rejected_key_retry: Duration,
+}
+
 /// Handles `AlertCreated` messages.
 pub struct EnrichHandler {
-    js: jetstream::Context,
-    subjects: Subjects,
-    sekoia: SekoiaClient,
-    key: KeyState,
+    parts: Parts,
     cfg: EnricherConfig,
     retry: RetryPolicy,
     stop: CancellationToken,
 }
 
 impl EnrichHandler {
-    /// A handler publishing with `js`; `stop` releases held messages on shutdown.
-    pub fn new(
-        js: jetstream::Context,
-        subjects: Subjects,
-        sekoia: SekoiaClient,
-        key: KeyState,
-        cfg: EnricherConfig,
-        stop: CancellationToken,
-    ) -> Self {
+    /// A handler; `stop` releases held messages on shutdown.
+    pub fn new(parts: Parts, cfg: EnricherConfig, stop: CancellationToken) -> Self {
         let retry = RetryPolicy {
             base: cfg.retry_base_delay.get(),
             max: cfg.retry_max_delay.get(),
             max_retry_after: cfg.retry_max_delay.get(),
         };
         Self {
-            js,
-            subjects,
-            sekoia,
-            key,
+            parts,
             cfg,
             retry,
             stop,
@@ -57,18 +64,29 @@ impl EnrichHandler {
 
     /// The Sekoia client.
     pub fn sekoia(&self) -> &SekoiaClient {
-        &self.sekoia
+        &self.parts.sekoia
     }
 
-    /// Wait between checks of a rejected key.
-    pub fn rejected_key_retry(&self) -> Duration {
-        self.cfg.rejected_key_retry.get()
+    fn retry_after(&self, d: &Delivery, retry_after: Option<Duration>) -> Outcome {
+        self.parts.metrics.retry("enrich", "");
+        Outcome::Retry {
+            after: self.retry.delay(d.delivered, retry_after),
+        }
+    }
+
+    fn dead(&self, reason: String, status: Option<u16>, uuid: &str, class: &str) -> Outcome {
+        self.parts.metrics.dead_lettered("enrich", "", class);
+        Outcome::DeadLetter {
+            reason,
+            last_status: status,
+            alert_uuid: uuid.to_string(),
+        }
     }
 
     /// Holds `d` for one rejected-key wait, keeping it alive on the server. False when the
     /// service is stopping (the caller releases the message).
     async fn hold(&self, d: &Delivery) -> bool {
-        let until = tokio::time::Instant::now() + self.cfg.rejected_key_retry.get();
+        let until = tokio::time::Instant::now() + self.parts.rejected_key_retry;
         loop {
             let now = tokio::time::Instant::now();
             if now >= until {
@@ -80,7 +98,7 @@ impl EnrichHandler {
                 _ = tokio::time::sleep(step) => d.in_progress().await,
             }
             // The key watcher may have seen the key accepted again: retry right away.
-            if !self.key.is_rejected() {
+            if !self.parts.key.is_rejected() {
                 return true;
             }
         }
@@ -92,48 +110,59 @@ impl EnrichHandler {
         body: bytes::Bytes,
         d: &Delivery,
     ) -> Outcome {
+        // The body was checked to be a JSON object by the client.
+        let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let uuid = created.alert_uuid.clone();
+        if let Some(filter) = self.parts.filter.rejects(&alert) {
+            self.parts.metrics.filtered("enrich", "", filter);
+            tracing::debug!(alert.uuid = %uuid, filter, "alert filtered out");
+            return Outcome::Ack;
+        }
         if created.community_uuid.is_empty() {
             // Sources like the bare webhook form don't carry the community; the alert does.
-            created.community_uuid = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("community_uuid")?.as_str().and_then(canonical_uuid))
+            created.community_uuid = alert
+                .get("community_uuid")
+                .and_then(|c| c.as_str())
+                .and_then(canonical_uuid)
                 .unwrap_or_default();
         }
-        let uuid = created.alert_uuid.clone();
-        let subject = self.subjects.enriched(&created.community_uuid);
+        let subject = self.parts.subjects.enriched(&created.community_uuid);
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            alert.uuid = %uuid,
+            alert.short_id = %created.short_id,
+        );
         let msg = v1::EnrichedAlert {
             created: Some(created),
             alert_json: body.to_vec(),
             fetched_at: Some(time::now()),
         };
-        match publish_acked(
-            &self.js,
+        let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
+        span.in_scope(|| alertsync_telemetry::propagation::inject_nats(&mut headers));
+        let published = publish_acked(
+            &self.parts.js,
             subject,
             &format!("enriched:{uuid}"),
-            None,
+            Some(headers),
             msg.encode_to_vec().into(),
         )
-        .await
-        {
+        .instrument(span)
+        .await;
+        match published {
             Ok(_) => {
+                self.parts.metrics.enriched();
                 tracing::info!(alert.uuid = %uuid, "alert enriched");
                 Outcome::Ack
             }
             Err(e) => {
                 tracing::warn!(alert.uuid = %uuid, error = %e, "enriched publish failed; will retry");
-                Outcome::Retry {
-                    after: self.retry.delay(d.delivered, None),
-                }
+                self.retry_after(d, None)
             }
         }
-    }
-}
-
-fn poison(reason: String) -> Outcome {
-    Outcome::DeadLetter {
-        reason,
-        last_status: None,
-        alert_uuid: String::new(),
     }
 }
 
@@ -141,38 +170,51 @@ impl Handler for EnrichHandler {
     async fn handle(&self, d: &Delivery) -> Outcome {
         let created = match v1::AlertCreated::decode(d.payload.as_ref()) {
             Ok(m) => m,
-            Err(e) => return poison(format!("poison: undecodable AlertCreated: {e}")),
+            Err(e) => {
+                return self.dead(
+                    format!("poison: undecodable AlertCreated: {e}"),
+                    None,
+                    "",
+                    "poison",
+                );
+            }
         };
         let Some(uuid) = canonical_uuid(&created.alert_uuid) else {
-            return poison("poison: AlertCreated without a valid alert uuid".into());
+            return self.dead(
+                "poison: AlertCreated without a valid alert uuid".into(),
+                None,
+                "",
+                "poison",
+            );
         };
-        let dead = |reason: String, status: Option<u16>| Outcome::DeadLetter {
-            reason,
-            last_status: status,
-            alert_uuid: uuid.clone(),
-        };
+        let m = &self.parts.metrics;
         loop {
-            match self.sekoia.get_alert(&uuid).await {
+            let started = std::time::Instant::now();
+            let answer = self.parts.sekoia.get_alert(&uuid).await;
+            m.sekoia_latency(started.elapsed());
+            match answer {
                 GetAlert::Found(body) => {
-                    self.key.accepted();
+                    self.parts.key.accepted();
                     return self.publish(created, body, d).await;
                 }
                 GetAlert::NotFound => {
-                    self.key.accepted();
+                    self.parts.key.accepted();
+                    m.sekoia_error("404");
                     if d.delivered >= self.cfg.not_found_attempts {
-                        return dead(
+                        return self.dead(
                             format!("Get Alert answered 404 on {} attempts", d.delivered),
                             Some(404),
+                            &uuid,
+                            "not_found",
                         );
                     }
-                    return Outcome::Retry {
-                        after: self.retry.delay(d.delivered, None),
-                    };
+                    return self.retry_after(d, None);
                 }
                 GetAlert::KeyRejected(status) => {
                     // Not the alert's fault: hold it (attempts are not burnt) until the key
                     // works again.
-                    self.key.rejected(status);
+                    m.sekoia_error(&status.to_string());
+                    self.parts.key.rejected(status);
                     if !self.hold(d).await {
                         return Outcome::Retry {
                             after: RELEASE_DELAY,
@@ -184,18 +226,22 @@ impl Handler for EnrichHandler {
                     retry_after,
                     reason,
                 } => {
+                    m.sekoia_error(&status.map_or("transport".to_string(), |s| s.to_string()));
                     if d.delivered >= self.cfg.max_attempts {
-                        return dead(
+                        return self.dead(
                             format!("gave up after {} attempts: {reason}", d.delivered),
                             status,
+                            &uuid,
+                            "exhausted",
                         );
                     }
                     tracing::debug!(alert.uuid = %uuid, %reason, attempt = d.delivered, "Get Alert failed; will retry");
-                    return Outcome::Retry {
-                        after: self.retry.delay(d.delivered, retry_after),
-                    };
+                    return self.retry_after(d, retry_after);
                 }
-                GetAlert::Permanent { status, reason } => return dead(reason, Some(status)),
+                GetAlert::Permanent { status, reason } => {
+                    m.sekoia_error(&status.to_string());
+                    return self.dead(reason, Some(status), &uuid, "http_4xx");
+                }
             }
         }
     }

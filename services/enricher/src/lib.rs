@@ -5,11 +5,12 @@
 //!   publish then ack; 404 → retry up to `enricher.not_found_attempts`; 429/5xx/timeouts →
 //!   delayed NAK (raised to `Retry-After`), dead-letter when attempts run out; 401/403 → hold
 //!   the message without burning attempts while the key is rejected; undecodable → poison.
-//! - [`key`]: the "Sekoia key accepted" readiness check and its re-checks while rejected.
+//! - [`filter`]: the Alert Created trigger's filters (`rule_filter`, `rule_names_filter`) and
+//!   `sekoia.communities`, applied to the fetched alert: a filtered alert is acked and counted.
 //! - [`Enricher`]: builds (connects, ensures topology, binds health) and runs the service.
 
+pub mod filter;
 pub mod handler;
-pub mod key;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,8 @@ use alertsync_jetstream::{
     topology::ConsumerSpec,
 };
 use alertsync_runtime::Health;
-use alertsync_sekoia::SekoiaClient;
+use alertsync_sekoia::{SekoiaClient, key::KeyState};
+use alertsync_telemetry::Metrics;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +34,9 @@ pub struct Enricher {
     health: Health,
     worker: Worker,
     handler: Arc<handler::EnrichHandler>,
-    key: key::KeyState,
+    key: KeyState,
+    key_check: (Duration, Duration),
+    metrics: Metrics,
     stop: CancellationToken,
     client: alertsync_jetstream::async_nats::Client,
 }
@@ -65,13 +69,19 @@ impl Enricher {
         let health = Health::with_nats(client.clone());
         health.set("topology", true, "streams and consumer ensured");
         let sekoia = SekoiaClient::new(sekoia_cfg)?;
-        let key = key::KeyState::new(health.clone());
+        let key = KeyState::new(health.clone());
         let stop = CancellationToken::new();
+        let metrics = Metrics::new();
         let handler = Arc::new(handler::EnrichHandler::new(
-            js.clone(),
-            subjects.clone(),
-            sekoia,
-            key.clone(),
+            handler::Parts {
+                js: js.clone(),
+                subjects: subjects.clone(),
+                sekoia,
+                key: key.clone(),
+                filter: filter::TriggerFilter::new(e, &sekoia_cfg.communities),
+                metrics: metrics.clone(),
+                rejected_key_retry: sekoia_cfg.rejected_key_retry.get(),
+            },
             e.clone(),
             stop.clone(),
         ));
@@ -99,6 +109,11 @@ impl Enricher {
             worker,
             handler,
             key,
+            key_check: (
+                sekoia_cfg.key_check_interval.get(),
+                sekoia_cfg.rejected_key_retry.get(),
+            ),
+            metrics,
             stop,
             client,
         })
@@ -121,12 +136,14 @@ impl Enricher {
         tracing::info!(addr = %self.local_addr(), "enricher running");
         let http = tokio::spawn(alertsync_runtime::serve(
             self.listener,
-            alertsync_runtime::health_router(self.health.clone()),
+            alertsync_runtime::health_router(self.health.clone())
+                .merge(alertsync_telemetry::metrics_router(self.metrics.clone())),
             shutdown.clone(),
         ));
         let checker = tokio::spawn(self.key.clone().watch(
             self.handler.sekoia().clone(),
-            self.handler.rejected_key_retry(),
+            self.key_check.0,
+            self.key_check.1,
             shutdown.clone(),
         ));
         // Held messages (rejected key) are released as soon as shutdown starts.

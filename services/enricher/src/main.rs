@@ -2,6 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     alertsync_runtime::service_main(
+        "alertsync-enricher",
         alertsync_config::Stage::Enricher,
         |cfg, shutdown| async move {
             alertsync_enricher::Enricher::build(&cfg)

@@ -70,6 +70,8 @@ pub struct Destination {
     pub retry: RetryPolicy,
     /// Attempts before dead-lettering.
     pub max_attempts: u32,
+    /// Which alerts it gets.
+    pub filter: crate::filter::Filter,
     redactor: Redactor,
 }
 
@@ -131,6 +133,7 @@ impl Destination {
                 max_retry_after: cfg.retry.max_retry_after.get(),
             },
             max_attempts: cfg.retry.max_attempts,
+            filter: crate::filter::Filter::new(&cfg.filter),
             redactor,
         })
     }

@@ -3,14 +3,22 @@
 //! - [`destination`]: a compiled destination (templates, client, retry policy), rendering and
 //!   one delivery attempt.
 //! - [`handler`]: one message for one destination as an [`alertsync_jetstream::Outcome`]:
-//!   2xx → ack; 408/429/5xx (not 501)/transport errors → delayed NAK (raised to `Retry-After`);
-//!   other 4xx, render errors or exhausted attempts → dead-letter on
-//!   `<prefix>.dlq.forward.<destination>`; undecodable → poison.
-//! - [`Forwarder`]: one durable consumer and one worker loop per destination, so a dead
-//!   destination never holds back another.
+//!   already delivered → ack without sending; 2xx → record, then ack; 401/403 → pause the
+//!   destination; 429 → hold until `Retry-After`; 408/5xx (not 501)/transport errors →
+//!   delayed NAK, or hold once the circuit is open; other 4xx (413 explained), render errors
+//!   or exhausted attempts → dead-letter on `<prefix>.dlq.forward.<destination>`;
+//!   undecodable → poison.
+//! - [`records`]: the delivery records (NATS KV) that make redeliveries harmless.
+//! - [`filter`]: per-destination filters (urgency, entity, alert type, rule names, community).
+//! - [`Forwarder`]: one durable consumer, one [`Gate`] and one worker loop per destination,
+//!   so a dead destination never holds back another. Each destination's consumer also reads
+//!   `<prefix>.replay.forward.<destination>` (DLQ replays meant for it alone), and its gate
+//!   is the readiness check `destination.<name>`.
 
 pub mod destination;
+pub mod filter;
 pub mod handler;
+pub mod records;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +26,8 @@ use std::time::Duration;
 
 use alertsync_config::Config;
 use alertsync_jetstream::{
-    Topology, Worker, WorkerConfig, dead_letter::DeadLetters, subjects::STAGE_FORWARD,
-    topology::ConsumerSpec,
+    Gate, GatePolicy, GateState, GateStatus, Topology, Worker, WorkerConfig,
+    dead_letter::DeadLetters, subjects::STAGE_FORWARD, topology::ConsumerSpec,
 };
 use alertsync_runtime::Health;
 use anyhow::Context as _;
@@ -33,7 +41,42 @@ pub struct Forwarder {
     listener: TcpListener,
     health: Health,
     workers: Vec<(Worker, Arc<handler::ForwardHandler>)>,
+    metrics: alertsync_telemetry::Metrics,
     client: alertsync_jetstream::async_nats::Client,
+}
+
+/// Readiness check name of a destination.
+pub fn destination_check(name: &str) -> String {
+    format!("destination.{name}")
+}
+
+/// The readiness message of a destination whose gate is `status`: which state, since when,
+/// why, and when it is tried again.
+pub fn describe_gate(status: &GateStatus) -> String {
+    if status.state == GateState::Open {
+        return "delivering".into();
+    }
+    let since = status
+        .since
+        .map(|t| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_default();
+    let next = status
+        .next_try_in
+        .map(|d| format!("; next try in {}s", d.as_secs()))
+        .unwrap_or_default();
+    let what = match status.state {
+        GateState::Paused => "paused: the destination rejects our credentials",
+        GateState::CircuitOpen => "circuit open: the destination keeps failing",
+        GateState::Throttled => "throttled: the destination asked us to wait",
+        GateState::Open => "open",
+    };
+    format!(
+        "{what} since {since} ({}){next}; alerts wait in the stream",
+        status.reason
+    )
 }
 
 /// Compiles every destination of `cfg` (template errors name the destination and field).
@@ -54,18 +97,45 @@ impl Forwarder {
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let subjects = topology.subjects().clone();
+        let metrics = alertsync_telemetry::Metrics::new();
+        let store = topology
+            .ensure_delivery_records(cfg.forwarder.delivery_record_max_age.get())
+            .await?;
+        let health = Health::with_nats(client.clone());
+        let policy = GatePolicy {
+            probe_base: cfg.forwarder.probe_base_delay.get(),
+            probe_max: cfg.forwarder.probe_max_delay.get(),
+            circuit_failures: cfg.forwarder.circuit_failures,
+        };
         let mut workers = Vec::new();
         for (dest, dcfg) in destinations.into_iter().zip(&cfg.destinations) {
             let consumer = topology
-                .ensure_consumer(&ConsumerSpec {
-                    stream: subjects.enriched_stream(),
-                    name: subjects.destination_consumer(&dest.name),
-                    filter: subjects.enriched_all(),
-                    // One attempt at a time per message: its timeout plus margin.
-                    ack_wait: dcfg.timeout.get() + Duration::from_secs(30),
-                    max_ack_pending: 1000.max(dcfg.concurrency as i64 * 8),
-                })
+                .ensure_consumer_with_filters(
+                    &ConsumerSpec {
+                        stream: subjects.enriched_stream(),
+                        name: subjects.destination_consumer(&dest.name),
+                        filter: subjects.enriched_all(),
+                        // One attempt per delivery: the record read, the request, the record
+                        // write and the ack, plus margin. Held messages send progress acks.
+                        ack_wait: dcfg.timeout.get()
+                            + 2 * cfg.nats.request_timeout.get()
+                            + Duration::from_secs(10),
+                        max_ack_pending: 1000.max(dcfg.concurrency as i64 * 8),
+                    },
+                    &[subjects.replay_forward(&dest.name)],
+                )
                 .await?;
+            let gate = Gate::new(&dest.name, policy);
+            let check = destination_check(&dest.name);
+            health.set(&check, true, "delivering");
+            metrics.circuit_state(&dest.name, 0);
+            let (h, m, name) = (health.clone(), metrics.clone(), dest.name.clone());
+            gate.on_change(move |status| {
+                let open = status.state == GateState::Open;
+                h.set(&check, open, describe_gate(status));
+                m.circuit_state(&name, i64::from(!open));
+            });
+            let records = Arc::new(records::DeliveryRecords::new(store.clone(), &dest.name));
             let dead_letters = DeadLetters::new(
                 js.clone(),
                 subjects.dead_letter(STAGE_FORWARD, Some(&dest.name)),
@@ -80,10 +150,18 @@ impl Forwarder {
                     concurrency: dcfg.concurrency,
                 },
                 dead_letters,
-            );
-            workers.push((worker, Arc::new(handler::ForwardHandler::new(dest))));
+            )
+            .with_gate(gate.clone());
+            workers.push((
+                worker,
+                Arc::new(handler::ForwardHandler::new(
+                    dest,
+                    gate,
+                    records,
+                    metrics.clone(),
+                )),
+            ));
         }
-        let health = Health::with_nats(client.clone());
         health.set("topology", true, "streams and consumers ensured");
         let listen = cfg.forwarder.listen;
         let listener = TcpListener::bind(listen)
@@ -93,6 +171,7 @@ impl Forwarder {
             listener,
             health,
             workers,
+            metrics,
             client,
         })
     }
@@ -109,12 +188,21 @@ impl Forwarder {
         self.health.clone()
     }
 
+    /// Each destination's gate (its state is a metric: [`GateState::code`]).
+    pub fn gates(&self) -> Vec<(String, Gate)> {
+        self.workers
+            .iter()
+            .map(|(_, h)| (h.destination().to_string(), h.gate().clone()))
+            .collect()
+    }
+
     /// Runs until `shutdown`: in-flight deliveries finish, then NATS is flushed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), destinations = self.workers.len(), "forwarder running");
         let http = tokio::spawn(alertsync_runtime::serve(
             self.listener,
-            alertsync_runtime::health_router(self.health.clone()),
+            alertsync_runtime::health_router(self.health.clone())
+                .merge(alertsync_telemetry::metrics_router(self.metrics.clone())),
             shutdown.clone(),
         ));
         let loops: Vec<_> = self

@@ -2,6 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     alertsync_runtime::service_main(
+        "alertsync-forwarder",
         alertsync_config::Stage::Forwarder,
         |cfg, shutdown| async move {
             alertsync_forwarder::Forwarder::build(&cfg)

@@ -43,7 +43,8 @@ pub fn parse(body: &[u8]) -> Result<AlertEvent, String> {
     )
 }
 
-fn parse_notification(v: &Value) -> Result<AlertEvent, String> {
+/// Parses a LiveAPI v2 "alert created" notification.
+pub fn parse_notification(v: &Value) -> Result<AlertEvent, String> {
     let version = v.pointer("/metadata/version").and_then(Value::as_i64);
     if version != Some(2) {
         return Err("unsupported notification: metadata.version must be 2".into());
@@ -66,6 +67,17 @@ fn parse_notification(v: &Value) -> Result<AlertEvent, String> {
             v.pointer("/metadata/community_uuid"),
             "metadata.community_uuid",
         )?,
+    })
+}
+
+/// The event for an alert object as `GET /v1/sic/alerts` lists it; `None` when its uuid is
+/// not a uuid (the item is skipped).
+pub fn from_alert(alert: &Value) -> Option<AlertEvent> {
+    Some(AlertEvent {
+        alert_uuid: alert.get("uuid")?.as_str().and_then(canonical_uuid)?,
+        short_id: optional_short_id(alert.get("short_id")).unwrap_or_default(),
+        community_uuid: optional_uuid(alert.get("community_uuid"), "community_uuid")
+            .unwrap_or_default(),
     })
 }
 

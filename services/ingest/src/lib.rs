@@ -1,23 +1,43 @@
-//! The ingest service: receives alert-created events and publishes each as an `AlertCreated`
-//! on `<prefix>.alerts.created.<community>`, deduplicated by alert uuid (`Nats-Msg-Id`).
+//! The ingest service: receives alert-created events from three sources and publishes each
+//! alert once as an `AlertCreated` on `<prefix>.alerts.created.<community>`.
 //!
-//! - [`events`]: parses the three accepted payloads (LiveAPI v2 notification, `{"alert_uuid"}`,
-//!   the Alert Created trigger output) into an [`events::AlertEvent`], with a reason on error.
 //! - [`webhook`]: `POST /v1/alerts`: bearer token, 64 KiB limit, answers 202 only once
 //!   JetStream has stored the event.
-//! - [`Ingest`]: builds (connects, ensures streams, binds) and runs the service.
+//! - [`live`]: the Sekoia LiveAPI websocket (low latency), with jittered reconnects.
+//! - [`poller`]: the catch-up poller over the alert list, from a cursor kept in NATS KV
+//!   (completeness: nothing created while the socket was down is missed).
+//! - [`publisher`]: the one way in: community filter, dedup across sources and restarts (KV
+//!   record of published uuids plus JetStream's message-id window), publish.
+//! - [`events`]: parses the accepted payloads into an [`events::AlertEvent`], with a reason on
+//!   error.
+//! - [`Ingest`]: builds (connects, ensures streams and buckets, binds) and runs the service.
 
 pub mod events;
+pub mod live;
+pub mod poller;
+pub mod publisher;
 pub mod webhook;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use alertsync_config::Config;
-use alertsync_jetstream::{Subjects, Topology};
+use alertsync_jetstream::Topology;
 use alertsync_runtime::Health;
+use alertsync_sekoia::{SekoiaClient, key::KeyState};
+use alertsync_telemetry::Metrics;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The sources that call Sekoia, when configured.
+struct SekoiaSources {
+    key: KeyState,
+    client: SekoiaClient,
+    key_check: (std::time::Duration, std::time::Duration),
+    live: Option<live::LiveSource>,
+    poller: Option<poller::Poller>,
+}
 
 /// A built ingest service, ready to run.
 pub struct Ingest {
@@ -25,10 +45,12 @@ pub struct Ingest {
     router: axum::Router,
     health: Health,
     client: alertsync_jetstream::async_nats::Client,
+    sources: Option<SekoiaSources>,
 }
 
 impl Ingest {
-    /// Connects to NATS, ensures the streams and binds `ingest.listen`.
+    /// Connects to NATS, ensures the streams and buckets, binds `ingest.listen`, and prepares
+    /// the live socket and the poller when they are on.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
         let ingest = cfg
             .ingest
@@ -37,23 +59,90 @@ impl Ingest {
         let (client, js) = alertsync_jetstream::connect(&cfg.nats, "alertsync-ingest").await?;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
+        let seen = topology
+            .ensure_kv("SEEN", Some(ingest.seen_retention.get()))
+            .await?;
         let health = Health::with_nats(client.clone());
-        health.set("topology", true, "streams ensured");
+        health.set("topology", true, "streams and buckets ensured");
+        let metrics = Metrics::new();
+        let communities = cfg
+            .sekoia
+            .as_ref()
+            .map(|s| {
+                s.communities
+                    .iter()
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let publisher = Arc::new(publisher::Publisher::new(
+            js.clone(),
+            topology.subjects().clone(),
+            seen,
+            communities,
+            metrics.clone(),
+        ));
+        let sources = match &cfg.sekoia {
+            Some(sekoia_cfg) if ingest.uses_sekoia() => {
+                let client = SekoiaClient::new(sekoia_cfg)?;
+                let key = KeyState::new(health.clone());
+                let live = ingest.live.then(|| live::LiveSource {
+                    url: sekoia_cfg
+                        .live_url
+                        .clone()
+                        .unwrap_or_else(|| alertsync_sekoia::live_url(&sekoia_cfg.base_url)),
+                    api_key: sekoia_cfg.api_key.clone(),
+                    publisher: publisher.clone(),
+                    health: health.clone(),
+                    key: key.clone(),
+                    metrics: metrics.clone(),
+                    idle_timeout: ingest.live_idle_timeout.get(),
+                    reconnect_max: ingest.live_reconnect_max_delay.get(),
+                });
+                let poller = if ingest.poll_interval.get().is_zero() {
+                    None
+                } else {
+                    Some(poller::Poller {
+                        sekoia: client.clone(),
+                        publisher: publisher.clone(),
+                        state: topology.ensure_kv("INGEST", None).await?,
+                        interval: ingest.poll_interval.get(),
+                        lookback: ingest.poll_lookback.get(),
+                        communities: sekoia_cfg.communities.clone(),
+                        key: key.clone(),
+                        rejected_retry: sekoia_cfg.rejected_key_retry.get(),
+                    })
+                };
+                Some(SekoiaSources {
+                    key,
+                    client,
+                    key_check: (
+                        sekoia_cfg.key_check_interval.get(),
+                        sekoia_cfg.rejected_key_retry.get(),
+                    ),
+                    live,
+                    poller,
+                })
+            }
+            _ => None,
+        };
         let listener = TcpListener::bind(ingest.listen)
             .await
             .with_context(|| format!("ingest.listen: cannot bind {}", ingest.listen))?;
         let state = webhook::State {
-            js,
+            publisher,
             client: client.clone(),
-            subjects: Subjects::new(&cfg.nats.prefix),
             token: ingest.webhook_token.clone(),
         };
-        let router = webhook::router(state).merge(alertsync_runtime::health_router(health.clone()));
+        let router = webhook::router(state)
+            .merge(alertsync_runtime::health_router(health.clone()))
+            .merge(alertsync_telemetry::metrics_router(metrics));
         Ok(Self {
             listener,
             router,
             health,
             client,
+            sources,
         })
     }
 
@@ -69,10 +158,24 @@ impl Ingest {
         self.health.clone()
     }
 
-    /// Serves until `shutdown`, then flushes NATS.
+    /// Serves and listens until `shutdown`, then flushes NATS.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ingest listening");
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(s) = self.sources {
+            tasks.spawn(
+                s.key
+                    .watch(s.client, s.key_check.0, s.key_check.1, shutdown.clone()),
+            );
+            if let Some(live) = s.live {
+                tasks.spawn(live.run(shutdown.clone()));
+            }
+            if let Some(poller) = s.poller {
+                tasks.spawn(poller.run(shutdown.clone()));
+            }
+        }
         alertsync_runtime::serve(self.listener, self.router, shutdown).await;
+        while tasks.join_next().await.is_some() {}
         self.client.flush().await.ok();
         tracing::info!("ingest stopped");
         Ok(())

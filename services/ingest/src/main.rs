@@ -2,6 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     alertsync_runtime::service_main(
+        "alertsync-ingest",
         alertsync_config::Stage::Ingest,
         |cfg, shutdown| async move {
             alertsync_ingest::Ingest::build(&cfg)

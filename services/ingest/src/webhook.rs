@@ -1,8 +1,9 @@
 //! `POST /v1/alerts`: the webhook source.
 //!
 //! Answers (JSON bodies):
-//! - 202 `{"alert_uuid", "duplicate"}` once JetStream acknowledged the publish (a second
-//!   publish of the same uuid within the duplicate window is acknowledged as a duplicate);
+//! - 202 `{"alert_uuid", "duplicate"}` once JetStream acknowledged the publish, or at once when
+//!   the alert was already published by any source (`duplicate: true`); an alert of a
+//!   community outside `sekoia.communities` gets 202 with `ignored` and is not published;
 //! - 401 without `Authorization: Bearer <ingest.webhook_token>` or with a wrong one;
 //! - 400 `{"error"}` for invalid JSON or a missing/malformed uuid;
 //! - 413 over 64 KiB;
@@ -10,9 +11,11 @@
 //!
 //! Nothing is published on a 4xx.
 
+use std::sync::Arc;
+
 use alertsync_config::Secret;
-use alertsync_jetstream::{Subjects, async_nats, publish::publish_acked};
-use alertsync_proto::{Message as _, time, v1};
+use alertsync_jetstream::async_nats;
+use alertsync_proto::v1;
 use axum::{
     Json, Router,
     body::Body,
@@ -22,8 +25,10 @@ use axum::{
     routing::post,
 };
 use subtle::ConstantTimeEq;
+use tracing::Instrument as _;
 
 use crate::events;
+use crate::publisher::{Publisher, Verdict};
 
 /// Largest accepted body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,12 +36,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What the webhook handler needs.
 #[derive(Clone)]
 pub struct State {
-    /// JetStream context.
-    pub js: async_nats::jetstream::Context,
+    /// Publishes deduplicated events.
+    pub publisher: Arc<Publisher>,
     /// Client, for the connection state.
     pub client: async_nats::Client,
-    /// Subject names.
-    pub subjects: Subjects,
     /// Expected bearer token.
     pub token: Secret,
 }
@@ -68,6 +71,20 @@ fn authorized(req: &Request, token: &Secret) -> bool {
 }
 
 async fn receive(AxumState(state): AxumState<State>, req: Request<Body>) -> Response {
+    let span = tracing::info_span!(
+        "webhook_receive",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/alerts",
+        http.response.status_code = tracing::field::Empty,
+        alert.uuid = tracing::field::Empty,
+    );
+    let resp = receive_in_span(state, req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    resp
+}
+
+async fn receive_in_span(state: State, req: Request<Body>) -> Response {
     if !authorized(&req, &state.token) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -87,39 +104,23 @@ async fn receive(AxumState(state): AxumState<State>, req: Request<Body>) -> Resp
         Ok(e) => e,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
+    tracing::Span::current().record("alert.uuid", event.alert_uuid.as_str());
     if state.client.connection_state() != async_nats::connection::State::Connected {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "NATS is unreachable; retry later",
         );
     }
-    let msg = v1::AlertCreated {
-        alert_uuid: event.alert_uuid.clone(),
-        short_id: event.short_id,
-        community_uuid: event.community_uuid.clone(),
-        source: v1::Source::Webhook as i32,
-        received_at: Some(time::now()),
-    };
-    let subject = state.subjects.created(&event.community_uuid);
-    match publish_acked(
-        &state.js,
-        subject,
-        &event.alert_uuid,
-        None,
-        msg.encode_to_vec().into(),
-    )
-    .await
-    {
-        Ok(stored) => {
-            tracing::info!(alert.uuid = %event.alert_uuid, duplicate = stored.duplicate, "alert accepted");
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({
-                    "alert_uuid": event.alert_uuid,
-                    "duplicate": stored.duplicate,
-                })),
-            )
-                .into_response()
+    match state.publisher.publish(&event, v1::Source::Webhook).await {
+        Ok(verdict) => {
+            let mut body = serde_json::json!({
+                "alert_uuid": event.alert_uuid,
+                "duplicate": verdict == Verdict::Duplicate,
+            });
+            if verdict == Verdict::OtherCommunity {
+                body["ignored"] = "its community is not in sekoia.communities".into();
+            }
+            (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(e) => {
             tracing::warn!(alert.uuid = %event.alert_uuid, error = %e, "publish failed");

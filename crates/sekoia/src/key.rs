@@ -1,13 +1,15 @@
 //! Whether Sekoia accepts our API key: a readiness check (`sekoia_key`), logged once per
-//! episode, re-checked with `GET /v1/me` while rejected so a fixed key is noticed even when no
-//! alert is waiting.
+//! episode, re-checked with `GET /v1/me` periodically (more often while rejected, so a fixed
+//! key is noticed even when no alert is waiting). A rejected key is a not-ready state with a
+//! message saying what to fix, never a crash loop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use alertsync_runtime::Health;
-use alertsync_sekoia::{KeyCheck, SekoiaClient};
+
+use crate::{KeyCheck, SekoiaClient};
 use tokio_util::sync::CancellationToken;
 
 const CHECK: &str = "sekoia_key";
@@ -46,9 +48,7 @@ impl KeyState {
         if self.rejected.swap(false, Ordering::SeqCst) {
             tracing::info!("Sekoia accepts the API key again; resuming");
         }
-        if !self.health.is_ok(CHECK) {
-            self.health.set(CHECK, true, "accepted");
-        }
+        self.health.set(CHECK, true, "accepted");
     }
 
     /// Whether the key is currently rejected.
@@ -56,23 +56,31 @@ impl KeyState {
         self.rejected.load(Ordering::SeqCst)
     }
 
-    /// Checks the key now, then every `every` while it is rejected, until `shutdown`.
-    pub async fn watch(self, sekoia: SekoiaClient, every: Duration, shutdown: CancellationToken) {
-        let mut first = true;
+    /// Checks the key now, then every `interval` (every `rejected_retry` while it is rejected),
+    /// until `shutdown`.
+    pub async fn watch(
+        self,
+        sekoia: SekoiaClient,
+        interval: Duration,
+        rejected_retry: Duration,
+        shutdown: CancellationToken,
+    ) {
         loop {
-            if first || self.is_rejected() {
-                match sekoia.check_key().await {
-                    KeyCheck::Accepted => self.accepted(),
-                    KeyCheck::Rejected(s) => self.rejected(s),
-                    KeyCheck::Unavailable(reason) => {
-                        tracing::warn!(%reason, "cannot check the Sekoia key right now")
-                    }
+            match sekoia.check_key().await {
+                KeyCheck::Accepted => self.accepted(),
+                KeyCheck::Rejected(s) => self.rejected(s),
+                KeyCheck::Unavailable(reason) => {
+                    tracing::warn!(%reason, "cannot check the Sekoia key right now")
                 }
-                first = false;
             }
+            let wait = if self.is_rejected() {
+                rejected_retry
+            } else {
+                interval
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

@@ -1,0 +1,276 @@
+//! `alertsync render` on the seed's two templates (from `alertsync.example.toml`) and the
+//! fixture alert: the exact request, secrets redacted; the same for a live alert fetched from
+//! Sekoia; and what it prints is what the forwarder sends.
+
+use std::path::{Path, PathBuf};
+
+use alertsync_config::{Config, Stage};
+use alertsync_standins::{FakeSekoia, Receiver};
+
+const SOAR_KEY: &str = "render-test-soar-key-1234";
+const INTAKE_KEY: &str = "render-test-intake-key-5678";
+const SEKOIA_KEY: &str = "render-test-sekoia-key-9012";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture() -> PathBuf {
+    root().join("tests/fixtures/alert_full.json")
+}
+
+fn example_config() -> String {
+    std::fs::read_to_string(root().join("alertsync.example.toml")).unwrap()
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "SOAR_API_KEY" => Some(SOAR_KEY.into()),
+        "SEKOIA_INTAKE_KEY" => Some(INTAKE_KEY.into()),
+        "SEKOIA_API_KEY" => Some(SEKOIA_KEY.into()),
+        _ => None,
+    }
+}
+
+/// Runs `alertsync render` with `args`; returns (exit code, stdout, stderr).
+async fn render(config: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alertsync.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_alertsync"));
+    cmd.arg("render").arg("--config").arg(&path).args(args);
+    for name in ["SOAR_API_KEY", "SEKOIA_INTAKE_KEY", "SEKOIA_API_KEY"] {
+        cmd.env(name, env(name).unwrap());
+    }
+    // The forwarder's part of the config must be enough: the webhook token is not needed.
+    cmd.env_remove("ALERTSYNC_WEBHOOK_TOKEN");
+    let out = cmd.output().await.expect("alertsync runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    for secret in [SOAR_KEY, INTAKE_KEY, SEKOIA_KEY] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "a secret was printed:\n{stdout}\n{stderr}"
+        );
+    }
+    (out.status.code(), stdout, stderr)
+}
+
+const FIXTURE_UUID: &str = "3b1f6c2e-8d4a-4f0b-9e37-5a2c7d91e604";
+
+fn expected_soar() -> String {
+    format!(
+        "POST https://soar.example/api/alerts\n\
+         authorization: [REDACTED]\n\
+         content-type: application/json\n\
+         idempotency-key: {FIXTURE_UUID}:soar\n\
+         \n\
+         {{\"alert_short_id\":\"{FIXTURE_UUID}\", \"rule_name\":\"Brute force on SSH service\",\
+         \"rule_severity\":\"65\",\"description\":\"This is a description\"}}\n"
+    )
+}
+
+fn expected_intake() -> String {
+    format!(
+        "POST https://intake.sekoia.io/\n\
+         content-type: application/json\n\
+         idempotency-key: {FIXTURE_UUID}:sekoia-intake\n\
+         \n\
+         {{\"json\":\"'{{\\\"alert_short_id\\\":\\\"{FIXTURE_UUID}\\\", \\\"rule_name\\\":\
+         \\\"Brute force on SSH service\\\",\\\"rule_severity\\\":\\\"65\\\",\\\"description\\\":\
+         \\\"An HTTP request was made from Sekoia.io Playbook\\\"}}'\", \
+         \"intake_key\":\"[REDACTED]\"}}\n"
+    )
+}
+
+#[tokio::test]
+async fn the_seed_main_template_renders_the_exact_request_with_the_credential_redacted() {
+    let fixture = fixture();
+    let (code, stdout, stderr) = render(
+        &example_config(),
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, expected_soar());
+}
+
+#[tokio::test]
+async fn the_seed_bonus_intake_template_renders_with_the_intake_key_redacted() {
+    let fixture = fixture();
+    let (code, stdout, stderr) = render(
+        &example_config(),
+        &[
+            "--destination",
+            "sekoia-intake",
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, expected_intake());
+    // The body is JSON, and so is the event inside its "json" string (once the seed's own
+    // single quotes are taken off).
+    let body: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let inner = body["json"].as_str().unwrap().trim_matches('\'');
+    let event: serde_json::Value = serde_json::from_str(inner).unwrap();
+    assert_eq!(event["rule_name"], "Brute force on SSH service");
+}
+
+#[tokio::test]
+async fn a_live_alert_fetched_from_sekoia_renders_like_the_same_alert_from_a_file() {
+    let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
+    sekoia.insert_alert(alertsync_standins::alerts::fixture());
+    let config = example_config().replace("https://api.sekoia.io", &sekoia.base_url());
+    let (code, stdout, stderr) = render(
+        &config,
+        &["--destination", "soar", "--alert-uuid", FIXTURE_UUID],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, expected_soar());
+
+    // An alert Sekoia does not have: the message says so and what to check.
+    let missing = "00000000-0000-4000-8000-00000000abcd";
+    let (code, _, stderr) =
+        render(&config, &["--destination", "soar", "--alert-uuid", missing]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("Sekoia has no alert {missing} (404)")),
+        "{stderr}"
+    );
+
+    // A rejected key is named.
+    sekoia.set_api_key("rotated-key-000000");
+    let (code, _, stderr) = render(
+        &config,
+        &["--destination", "soar", "--alert-uuid", FIXTURE_UUID],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("Sekoia rejected the API key (401)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_destination_lists_the_configured_ones() {
+    let fixture = fixture();
+    let (code, _, stderr) = render(
+        &example_config(),
+        &[
+            "--destination",
+            "sOAR",
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no destination named \"sOAR\"") && stderr.contains("soar, sekoia-intake"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_rule_name_is_rendered_as_json_text_not_structure() {
+    let mut alert = alertsync_standins::alerts::fixture();
+    alert["rule"]["name"] = serde_json::json!("x\", \"injected\": \"1\\");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alert.json");
+    std::fs::write(&file, alert.to_string()).unwrap();
+    let (code, stdout, stderr) = render(
+        &example_config(),
+        &["--destination", "soar", "--alert", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let body: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(body["rule_name"], "x\", \"injected\": \"1\\");
+    assert!(body.get("injected").is_none());
+}
+
+/// What `render` prints is what the forwarder's `Destination` sends: same method, path and
+/// query, same headers (credentials aside), same body.
+#[tokio::test]
+async fn the_printed_request_is_the_request_the_forwarder_sends() {
+    let receiver = Receiver::start().await;
+    let config = example_config()
+        .replace("https://soar.example/api/alerts", &receiver.url("/soar"))
+        .replace("https://intake.sekoia.io", &receiver.url("/intake"))
+        .replace(
+            "# params = { source = \"sekoia\" }",
+            "params = { source = \"sekoia\", rule = \"{{ node.1.rule.name }}\" }",
+        );
+    let parsed = Config::parse(&config, &env, &[Stage::Forwarder]).unwrap();
+    let destinations = alertsync_forwarder::compile_destinations(&parsed).unwrap();
+    let alert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
+    let ctx = alertsync_template::Context::new(&alert);
+
+    for (dest, path) in destinations.iter().zip(["/soar", "/intake"]) {
+        let fixture = fixture();
+        let (code, printed, stderr) = render(
+            &config,
+            &[
+                "--destination",
+                &dest.name,
+                "--alert",
+                fixture.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{stderr}");
+
+        let request = dest.render(&ctx, FIXTURE_UUID).unwrap();
+        let attempt = dest.send(request).await;
+        assert!(
+            matches!(
+                attempt,
+                alertsync_forwarder::destination::Attempt::Delivered(200)
+            ),
+            "{attempt:?}"
+        );
+        let got = receiver
+            .requests_to(path)
+            .pop()
+            .expect("the receiver got it");
+
+        let (head, body) = printed.split_once("\n\n").unwrap();
+        let mut lines = head.lines();
+        let query = got
+            .query
+            .as_deref()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        assert_eq!(
+            lines.next().unwrap(),
+            format!("{} {}{query}", got.method, receiver.url(path))
+        );
+        for line in lines {
+            let (name, value) = line.split_once(": ").unwrap();
+            let sent = got
+                .header(name)
+                .unwrap_or_else(|| panic!("{name} not sent"));
+            if value == "[REDACTED]" {
+                assert_eq!(name, "authorization");
+                assert_eq!(sent, format!("Bearer {SOAR_KEY}"));
+            } else {
+                assert_eq!(sent, value, "{name}");
+            }
+        }
+        let sent_body = String::from_utf8(got.body.to_vec()).unwrap();
+        assert_eq!(
+            body.trim_end_matches('\n'),
+            sent_body.replace(INTAKE_KEY, "[REDACTED]")
+        );
+    }
+}

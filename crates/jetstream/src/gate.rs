@@ -1,0 +1,659 @@
+//! A [`Gate`] in front of one consumer: what lets a stage stop pulling while the service it
+//! calls cannot take work, without burning the attempts of the messages that wait.
+//!
+//! The handler reports how each call went, through the [`Pass`] it got from [`Gate::turn`]:
+//! - credentials rejected (401/403) → [`GateState::Paused`];
+//! - `circuit_failures` transient failures in a row (5xx, timeouts, connection errors) →
+//!   [`GateState::CircuitOpen`];
+//! - rate limited (429) → [`GateState::Throttled`] until the `Retry-After` has passed.
+//!
+//! While the gate is closed the [`crate::Worker`] pulls nothing, so alerts wait in the stream,
+//! and messages already pulled are *held* by the handler inside [`Gate::turn`] (with progress
+//! acknowledgements, so the server neither redelivers them nor counts an attempt). A paused or
+//! open circuit is probed with growing delays (`probe_base · 2^n`, capped at `probe_max`): one
+//! held message at a time, or one freshly pulled message when none is held, goes through. A
+//! probe that gets a 2xx (or any answer that is not about credentials, availability or rate)
+//! opens the gate, and every held message goes at once. A throttled gate reopens by itself
+//! when the wait is over.
+//!
+//! On shutdown [`Gate::release`] lets every held message go back to the server.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::worker::Delivery;
+
+/// How often a held message tells the server it is still being worked on. Well below any
+/// consumer's ack wait.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether calls go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateState {
+    /// Calls go through.
+    Open,
+    /// The service asked us to slow down (429): nothing goes until its wait is over.
+    Throttled,
+    /// Too many transient failures in a row: probing with growing delays.
+    CircuitOpen,
+    /// The service rejected our credentials (401/403): probing with growing delays.
+    Paused,
+}
+
+impl GateState {
+    /// `open`, `throttled`, `circuit_open`, `paused` (for logs, readiness and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateState::Open => "open",
+            GateState::Throttled => "throttled",
+            GateState::CircuitOpen => "circuit_open",
+            GateState::Paused => "paused",
+        }
+    }
+
+    /// 0 open, 1 throttled, 2 circuit open, 3 paused: a gauge value.
+    pub fn code(self) -> u8 {
+        match self {
+            GateState::Open => 0,
+            GateState::Throttled => 1,
+            GateState::CircuitOpen => 2,
+            GateState::Paused => 3,
+        }
+    }
+}
+
+/// A snapshot of a gate, for readiness and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateStatus {
+    /// Current state.
+    pub state: GateState,
+    /// When the gate closed (the start of the episode), `None` while open.
+    pub since: Option<SystemTime>,
+    /// Why it is closed (redacted by the reporter), empty while open.
+    pub reason: String,
+    /// Last HTTP status that closed it or kept it closed.
+    pub last_status: Option<u16>,
+    /// Until the next probe (paused, circuit open) or the reopening (throttled).
+    pub next_try_in: Option<Duration>,
+    /// Probes that failed in this episode.
+    pub failed_probes: u32,
+}
+
+/// Timings of a gate.
+#[derive(Debug, Clone, Copy)]
+pub struct GatePolicy {
+    /// Wait before the first probe of a paused gate or open circuit; doubles per failed probe.
+    pub probe_base: Duration,
+    /// Largest wait between probes.
+    pub probe_max: Duration,
+    /// Transient failures in a row that open the circuit.
+    pub circuit_failures: u32,
+}
+
+impl GatePolicy {
+    /// Wait before the probe that follows `failed` failed probes.
+    pub fn probe_delay(&self, failed: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failed.min(20));
+        self.probe_base.saturating_mul(factor).min(self.probe_max)
+    }
+}
+
+type Observer = Box<dyn Fn(&GateStatus) + Send + Sync>;
+
+struct State {
+    state: GateState,
+    since: Option<SystemTime>,
+    reason: String,
+    last_status: Option<u16>,
+    next_try: Option<Instant>,
+    failed_probes: u32,
+    failures_in_a_row: u32,
+    probing: bool,
+    waiters: usize,
+    released: bool,
+}
+
+impl State {
+    fn status(&self) -> GateStatus {
+        GateStatus {
+            state: self.state,
+            since: self.since,
+            reason: self.reason.clone(),
+            last_status: self.last_status,
+            next_try_in: self
+                .next_try
+                .map(|t| t.saturating_duration_since(Instant::now())),
+            failed_probes: self.failed_probes,
+        }
+    }
+}
+
+struct Inner {
+    name: String,
+    policy: GatePolicy,
+    state: Mutex<State>,
+    changed: Notify,
+    observer: Mutex<Option<Observer>>,
+}
+
+/// The gate of one consumer; cheap to clone (all clones are the same gate).
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("name", &self.inner.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// What [`Gate::turn`] gives a message.
+#[derive(Debug)]
+pub enum Turn {
+    /// Go ahead, and report how it went with the pass.
+    Go(Pass),
+    /// The service is shutting down: give the message back to the server.
+    Released,
+}
+
+/// What the worker should pull next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pull {
+    /// As many messages as there are free permits.
+    Batch,
+    /// One message, to probe a closed gate.
+    One,
+    /// Nothing: shutting down.
+    Stop,
+}
+
+/// Permission to make one call. Report the result with one of its methods; dropping it
+/// unreported (no call was made) hands a probe to the next message.
+#[derive(Debug)]
+pub struct Pass {
+    gate: Gate,
+    probe: bool,
+    reported: bool,
+}
+
+impl Gate {
+    /// An open gate for the consumer called `name` (a destination name; used in logs).
+    pub fn new(name: &str, policy: GatePolicy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                policy,
+                state: Mutex::new(State {
+                    state: GateState::Open,
+                    since: None,
+                    reason: String::new(),
+                    last_status: None,
+                    next_try: None,
+                    failed_probes: 0,
+                    failures_in_a_row: 0,
+                    probing: false,
+                    waiters: 0,
+                    released: false,
+                }),
+                changed: Notify::new(),
+                observer: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Calls `f` with the new status after every change (readiness, metrics).
+    pub fn on_change(&self, f: impl Fn(&GateStatus) + Send + Sync + 'static) {
+        *self
+            .inner
+            .observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    /// The current status.
+    pub fn status(&self) -> GateStatus {
+        self.lock().status()
+    }
+
+    /// Whether calls go through.
+    pub fn is_open(&self) -> bool {
+        self.lock().state == GateState::Open
+    }
+
+    /// Lets every held message go (shutdown): [`Gate::turn`] answers [`Turn::Released`] from
+    /// now on.
+    pub fn release(&self) {
+        self.lock().released = true;
+        self.inner.changed.notify_waiters();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.inner.changed.notify_waiters();
+        let status = self.status();
+        if let Some(f) = self
+            .inner
+            .observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            f(&status);
+        }
+    }
+
+    /// Reopens a throttled gate whose wait is over. Returns whether the state changed.
+    fn reopen_if_due(&self, s: &mut State, now: Instant) -> bool {
+        if s.state == GateState::Throttled && s.next_try.is_none_or(|t| now >= t) {
+            tracing::info!(destination = %self.inner.name, "rate limit wait over; resuming");
+            *s = State {
+                state: GateState::Open,
+                since: None,
+                reason: String::new(),
+                last_status: None,
+                next_try: None,
+                failed_probes: 0,
+                failures_in_a_row: 0,
+                probing: false,
+                waiters: s.waiters,
+                released: s.released,
+            };
+            return true;
+        }
+        false
+    }
+
+    /// Waits until this message may make its call: at once while the gate is open; while it
+    /// is closed, until it opens or this message becomes the probe. Meanwhile the message is
+    /// kept alive on the server (progress acknowledgements).
+    pub async fn turn(&self, d: &Delivery) -> Turn {
+        let mut counted = false;
+        let mut next_progress = Instant::now() + PROGRESS_EVERY;
+        let result = loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (wake, reopened) = {
+                let mut s = self.lock();
+                if s.released {
+                    break Turn::Released;
+                }
+                let reopened = self.reopen_if_due(&mut s, now);
+                match s.state {
+                    GateState::Open => {
+                        drop(s);
+                        if reopened {
+                            self.changed();
+                        }
+                        break Turn::Go(self.pass(false));
+                    }
+                    GateState::Throttled => (s.next_try, reopened),
+                    GateState::Paused | GateState::CircuitOpen => {
+                        let due = s.next_try.is_none_or(|t| now >= t);
+                        if due && !s.probing {
+                            s.probing = true;
+                            break Turn::Go(self.pass(true));
+                        }
+                        if !counted {
+                            s.waiters += 1;
+                            counted = true;
+                        }
+                        (if s.probing { None } else { s.next_try }, reopened)
+                    }
+                }
+            };
+            if reopened {
+                self.changed();
+            }
+            let wake = wake.map_or(next_progress, |w| w.min(next_progress));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if Instant::now() >= next_progress {
+                d.in_progress().await;
+                next_progress = Instant::now() + PROGRESS_EVERY;
+            }
+        };
+        if counted {
+            self.lock().waiters -= 1;
+        }
+        result
+    }
+
+    fn pass(&self, probe: bool) -> Pass {
+        Pass {
+            gate: self.clone(),
+            probe,
+            reported: false,
+        }
+    }
+
+    /// What the worker may pull now; waits while the gate is closed and nothing is due.
+    pub async fn wait_pull(&self, shutdown: &tokio_util::sync::CancellationToken) -> Pull {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (wake, reopened) = {
+                let mut s = self.lock();
+                if s.released || shutdown.is_cancelled() {
+                    return Pull::Stop;
+                }
+                let reopened = self.reopen_if_due(&mut s, now);
+                match s.state {
+                    GateState::Open => {
+                        drop(s);
+                        if reopened {
+                            self.changed();
+                        }
+                        return Pull::Batch;
+                    }
+                    GateState::Throttled => (s.next_try, reopened),
+                    GateState::Paused | GateState::CircuitOpen => {
+                        let due = s.next_try.is_none_or(|t| now >= t);
+                        // Held messages probe themselves; pull one only when none waits.
+                        if due && !s.probing && s.waiters == 0 {
+                            return Pull::One;
+                        }
+                        (if due { None } else { s.next_try }, reopened)
+                    }
+                }
+            };
+            if reopened {
+                self.changed();
+            }
+            let sleep = async {
+                match wake {
+                    Some(w) => tokio::time::sleep_until(w).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Pull::Stop,
+                _ = &mut notified => {}
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// Closes the gate in `state` (or moves a closed gate to it). A probe's failure pushes the
+    /// next probe further out.
+    fn close(&self, probe: bool, state: GateState, status: Option<u16>, reason: &str) {
+        let policy = self.inner.policy;
+        let now = Instant::now();
+        let mut s = self.lock();
+        let was = s.state;
+        if probe {
+            s.probing = false;
+        }
+        if was == GateState::Open {
+            s.since = Some(SystemTime::now());
+            s.failed_probes = 0;
+            s.next_try = Some(now + policy.probe_delay(0));
+        } else if probe {
+            s.failed_probes += 1;
+            s.next_try = Some(now + policy.probe_delay(s.failed_probes));
+        } else if was == GateState::Throttled {
+            // A throttled gate had only a reopening time; now it needs probing.
+            s.next_try = Some(now + policy.probe_delay(0));
+        }
+        s.state = state;
+        s.reason = reason.to_string();
+        s.last_status = status;
+        s.failures_in_a_row = 0;
+        let next = s.next_try.map(|t| t.saturating_duration_since(now));
+        let failed_probes = s.failed_probes;
+        drop(s);
+        let name = &self.inner.name;
+        if was == GateState::Open || was != state {
+            tracing::error!(
+                destination = %name,
+                state = state.as_str(),
+                ?status,
+                %reason,
+                next_probe_in = ?next,
+                "destination {}: alerts wait in the stream until it works again",
+                match state {
+                    GateState::Paused => "rejects our credentials",
+                    _ => "keeps failing; circuit open",
+                }
+            );
+        } else if probe {
+            tracing::info!(destination = %name, state = state.as_str(), ?status, %reason, failed_probes, next_probe_in = ?next, "probe failed");
+        }
+        self.changed();
+    }
+}
+
+impl Pass {
+    /// Whether this call is the probe of a closed gate.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The call succeeded (2xx). A probe's success opens the gate.
+    pub fn delivered(self) {
+        self.answered();
+    }
+
+    /// The service answered with something that is neither success nor about credentials,
+    /// availability or rate (400, 404, 413…): it is up, so a probe's answer opens the gate.
+    pub fn answered(mut self) {
+        self.reported = true;
+        let gate = self.gate.clone();
+        let mut s = gate.lock();
+        s.failures_in_a_row = 0;
+        if !self.probe {
+            return;
+        }
+        s.probing = false;
+        if s.state == GateState::Open {
+            return;
+        }
+        let closed_for = s.since.and_then(|t| t.elapsed().ok()).unwrap_or_default();
+        let was = s.state;
+        s.state = GateState::Open;
+        s.since = None;
+        s.reason.clear();
+        s.last_status = None;
+        s.next_try = None;
+        s.failed_probes = 0;
+        drop(s);
+        tracing::info!(destination = %gate.inner.name, was = was.as_str(), closed_for = ?closed_for, "destination works again; resuming");
+        gate.changed();
+    }
+
+    /// The service rejected our credentials (401/403): pause. The caller holds the message
+    /// (calls [`Gate::turn`] again).
+    pub fn rejected(mut self, status: u16, reason: &str) {
+        self.reported = true;
+        self.gate
+            .close(self.probe, GateState::Paused, Some(status), reason);
+    }
+
+    /// A transient failure (5xx, timeout, connection error). Returns true when the gate is
+    /// (now) closed: the caller holds the message instead of retrying it, so it burns no
+    /// attempt while the circuit is open.
+    pub fn failed(mut self, status: Option<u16>, reason: &str) -> bool {
+        self.reported = true;
+        let gate = self.gate.clone();
+        let mut s = gate.lock();
+        if self.probe {
+            drop(s);
+            gate.close(true, GateState::CircuitOpen, status, reason);
+            return true;
+        }
+        if s.state != GateState::Open {
+            return true;
+        }
+        s.failures_in_a_row += 1;
+        if s.failures_in_a_row >= gate.inner.policy.circuit_failures.max(1) {
+            drop(s);
+            gate.close(false, GateState::CircuitOpen, status, reason);
+            return true;
+        }
+        false
+    }
+
+    /// The service asked us to wait (429): nothing goes before `wait` has passed. The caller
+    /// holds the message.
+    pub fn throttled(mut self, wait: Duration, reason: &str) {
+        self.reported = true;
+        let gate = self.gate.clone();
+        let now = Instant::now();
+        let mut s = gate.lock();
+        if self.probe {
+            s.probing = false;
+        }
+        let until = now + wait;
+        let was = s.state;
+        match s.state {
+            GateState::Open | GateState::Throttled => {
+                if was == GateState::Open {
+                    s.since = Some(SystemTime::now());
+                }
+                s.state = GateState::Throttled;
+                s.next_try = Some(s.next_try.map_or(until, |t| t.max(until)));
+            }
+            // Paused or circuit open: the service is up but busy; probe again after its wait.
+            GateState::Paused | GateState::CircuitOpen => {
+                s.state = GateState::CircuitOpen;
+                s.next_try = Some(s.next_try.map_or(until, |t| t.max(until)));
+            }
+        }
+        s.reason = reason.to_string();
+        s.last_status = Some(429);
+        drop(s);
+        if was == GateState::Open {
+            tracing::warn!(destination = %gate.inner.name, wait = ?wait, %reason, "rate limited; holding every call until the wait is over");
+        }
+        gate.changed();
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            // No call was made: let another message probe.
+            self.gate.lock().probing = false;
+            self.gate.inner.changed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> GatePolicy {
+        GatePolicy {
+            probe_base: Duration::from_secs(1),
+            probe_max: Duration::from_secs(8),
+            circuit_failures: 3,
+        }
+    }
+
+    #[test]
+    fn probe_delays_double_up_to_the_cap() {
+        let p = policy();
+        let got: Vec<u64> = (0..6).map(|n| p.probe_delay(n).as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 8, 8]);
+        assert_eq!(p.probe_delay(u32::MAX), Duration::from_secs(8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_in_a_row_open_the_circuit_and_a_success_resets_the_count() {
+        let g = Gate::new("soar", policy());
+        let stop = tokio_util::sync::CancellationToken::new();
+        assert!(!g.pass(false).failed(Some(503), "503"));
+        assert!(!g.pass(false).failed(Some(503), "503"));
+        g.pass(false).delivered();
+        assert!(!g.pass(false).failed(Some(503), "503"));
+        assert!(!g.pass(false).failed(Some(503), "503"));
+        assert!(g.pass(false).failed(Some(503), "503"), "third in a row");
+        let st = g.status();
+        assert_eq!(st.state, GateState::CircuitOpen);
+        assert!(st.since.is_some());
+        // The worker pulls nothing until the first probe is due, then one message.
+        let started = Instant::now();
+        assert_eq!(g.wait_pull(&stop).await, Pull::One);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_gate_probes_with_growing_delays_and_a_probe_success_reopens_it() {
+        let g = Gate::new("soar", policy());
+        let stop = tokio_util::sync::CancellationToken::new();
+        g.pass(false).rejected(401, "401");
+        assert_eq!(g.status().state, GateState::Paused);
+        let t0 = Instant::now();
+        // First probe after 1 s, failing; the next after 2 s more, then 4 s.
+        for expected in [1u64, 3, 7] {
+            assert_eq!(g.wait_pull(&stop).await, Pull::One);
+            assert_eq!(t0.elapsed(), Duration::from_secs(expected));
+            let mut s = g.lock();
+            assert!(!s.probing);
+            s.probing = true;
+            drop(s);
+            Pass {
+                gate: g.clone(),
+                probe: true,
+                reported: false,
+            }
+            .rejected(401, "401");
+        }
+        assert_eq!(g.status().failed_probes, 3);
+        assert_eq!(g.wait_pull(&stop).await, Pull::One);
+        g.lock().probing = true;
+        Pass {
+            gate: g.clone(),
+            probe: true,
+            reported: false,
+        }
+        .delivered();
+        assert_eq!(g.status().state, GateState::Open);
+        assert_eq!(g.wait_pull(&stop).await, Pull::Batch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_gate_lets_nothing_through_before_the_wait_and_reopens_by_itself() {
+        let g = Gate::new("soar", policy());
+        let stop = tokio_util::sync::CancellationToken::new();
+        g.pass(false).throttled(Duration::from_secs(3), "429");
+        assert_eq!(g.status().state, GateState::Throttled);
+        let t0 = Instant::now();
+        assert_eq!(g.wait_pull(&stop).await, Pull::Batch);
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+        assert!(g.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_stops_the_worker_and_an_unreported_probe_hands_over() {
+        let g = Gate::new("soar", policy());
+        let stop = tokio_util::sync::CancellationToken::new();
+        g.pass(false).rejected(403, "403");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        g.lock().probing = true;
+        drop(Pass {
+            gate: g.clone(),
+            probe: true,
+            reported: false,
+        });
+        assert!(!g.lock().probing);
+        g.release();
+        assert_eq!(g.wait_pull(&stop).await, Pull::Stop);
+    }
+}

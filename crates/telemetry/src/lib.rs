@@ -1,0 +1,366 @@
+//! Observability of the alertsync services.
+//!
+//! - [`traces`]: the process-wide setup: OpenTelemetry spans exported over OTLP when
+//!   configured by the standard `OTEL_*` variables, log lines (human or JSON) with trace ids.
+//! - [`propagation`]: W3C trace context into and out of NATS headers and HTTP requests.
+//! - [`Metrics`]: every counter, gauge and histogram the services keep, one instance per
+//!   service (so tests running several services in one process see each one's own numbers),
+//!   served as Prometheus/OpenMetrics text by [`metrics_router`] on `GET /metrics`.
+//!
+//! Names follow Prometheus conventions (`alertsync_…_total`, `_seconds`); label values are
+//! bounded (stage, source, destination name, status class), never a uuid.
+
+pub mod propagation;
+pub mod traces;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms … ~80 s: HTTP calls and end-to-end latencies.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 15,
+    ))
+}
+
+/// The metrics of one service.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    received: Family<Labels, Counter>,
+    published: Family<Labels, Counter>,
+    duplicates: Family<Labels, Counter>,
+    filtered: Family<Labels, Counter>,
+    enriched: Counter,
+    sekoia_errors: Family<Labels, Counter>,
+    deliveries: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    dead_lettered: Family<Labels, Counter>,
+    circuit_state: Family<Labels, Gauge>,
+    live_connected: Gauge,
+    live_skipped: Family<Labels, Counter>,
+    consumer_pending: Family<Labels, Gauge>,
+    created_to_delivered: Family<Labels, Histogram, fn() -> Histogram>,
+    sekoia_latency: Histogram,
+    delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics with its own registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("alertsync");
+        let received = Family::<Labels, Counter>::default();
+        let published = Family::<Labels, Counter>::default();
+        let duplicates = Family::<Labels, Counter>::default();
+        let filtered = Family::<Labels, Counter>::default();
+        let enriched = Counter::default();
+        let sekoia_errors = Family::<Labels, Counter>::default();
+        let deliveries = Family::<Labels, Counter>::default();
+        let retries = Family::<Labels, Counter>::default();
+        let dead_lettered = Family::<Labels, Counter>::default();
+        let circuit_state = Family::<Labels, Gauge>::default();
+        let live_connected = Gauge::default();
+        let live_skipped = Family::<Labels, Counter>::default();
+        let consumer_pending = Family::<Labels, Gauge>::default();
+        let created_to_delivered =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let sekoia_latency = latency_histogram();
+        let delivery_latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "alerts_received",
+            "Alert-created events received, by source",
+            received.clone(),
+        );
+        registry.register(
+            "alerts_published",
+            "Alerts published to the created stream, by source",
+            published.clone(),
+        );
+        registry.register(
+            "duplicates_dropped",
+            "Alert-created events dropped as already seen, by source",
+            duplicates.clone(),
+        );
+        registry.register(
+            "alerts_filtered",
+            "Alerts not forwarded because of a filter, by stage, destination and filter",
+            filtered.clone(),
+        );
+        registry.register(
+            "alerts_enriched",
+            "Alerts fetched from Sekoia and republished",
+            enriched.clone(),
+        );
+        registry.register(
+            "sekoia_errors",
+            "Failed Sekoia API calls, by status (or transport)",
+            sekoia_errors.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts, by destination and outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "retries",
+            "Messages scheduled for another attempt, by stage and destination",
+            retries.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Messages dead-lettered, by stage, destination and reason class",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "destination_circuit_state",
+            "Destination state: 0 closed (delivering), 1 open (paused), 2 probing",
+            circuit_state.clone(),
+        );
+        registry.register(
+            "live_socket_connected",
+            "1 while the Sekoia LiveAPI socket is connected",
+            live_connected.clone(),
+        );
+        registry.register(
+            "live_messages_skipped",
+            "LiveAPI messages skipped, by reason",
+            live_skipped.clone(),
+        );
+        registry.register(
+            "consumer_pending",
+            "Messages waiting for a durable consumer (lag)",
+            consumer_pending.clone(),
+        );
+        registry.register(
+            "created_to_delivered_seconds",
+            "Time from alert creation in Sekoia to delivery, by destination",
+            created_to_delivered.clone(),
+        );
+        registry.register(
+            "sekoia_request_seconds",
+            "Sekoia API call latency",
+            sekoia_latency.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Destination request latency, by destination",
+            delivery_latency.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                received,
+                published,
+                duplicates,
+                filtered,
+                enriched,
+                sekoia_errors,
+                deliveries,
+                retries,
+                dead_lettered,
+                circuit_state,
+                live_connected,
+                live_skipped,
+                consumer_pending,
+                created_to_delivered,
+                sekoia_latency,
+                delivery_latency,
+            }),
+        }
+    }
+
+    /// An event received from `source` (webhook, live, poll).
+    pub fn received(&self, source: &str) {
+        self.inner
+            .received
+            .get_or_create(&labels([("source", source)]))
+            .inc();
+    }
+    /// An alert published (first sighting) from `source`.
+    pub fn published(&self, source: &str) {
+        self.inner
+            .published
+            .get_or_create(&labels([("source", source)]))
+            .inc();
+    }
+    /// An event from `source` dropped as a duplicate.
+    pub fn duplicate(&self, source: &str) {
+        self.inner
+            .duplicates
+            .get_or_create(&labels([("source", source)]))
+            .inc();
+    }
+    /// An alert filtered out at `stage` (for `destination`, "" for the enricher) by `filter`.
+    pub fn filtered(&self, stage: &str, destination: &str, filter: &str) {
+        self.inner
+            .filtered
+            .get_or_create(&labels([
+                ("stage", stage),
+                ("destination", destination),
+                ("filter", filter),
+            ]))
+            .inc();
+    }
+    /// An alert enriched.
+    pub fn enriched(&self) {
+        self.inner.enriched.inc();
+    }
+    /// A failed Sekoia call (`status` as text, or "transport").
+    pub fn sekoia_error(&self, status: &str) {
+        self.inner
+            .sekoia_errors
+            .get_or_create(&labels([("status", status)]))
+            .inc();
+    }
+    /// A Sekoia call took `d`.
+    pub fn sekoia_latency(&self, d: Duration) {
+        self.inner.sekoia_latency.observe(d.as_secs_f64());
+    }
+    /// A delivery attempt to `destination` ended with `outcome` (delivered, failed, skipped…).
+    pub fn delivery(&self, destination: &str, outcome: &str) {
+        self.inner
+            .deliveries
+            .get_or_create(&labels([
+                ("destination", destination),
+                ("outcome", outcome),
+            ]))
+            .inc();
+    }
+    /// A request to `destination` took `d`.
+    pub fn delivery_latency(&self, destination: &str, d: Duration) {
+        self.inner
+            .delivery_latency
+            .get_or_create(&labels([("destination", destination)]))
+            .observe(d.as_secs_f64());
+    }
+    /// An alert reached `destination` `d` after Sekoia created it.
+    pub fn created_to_delivered(&self, destination: &str, d: Duration) {
+        self.inner
+            .created_to_delivered
+            .get_or_create(&labels([("destination", destination)]))
+            .observe(d.as_secs_f64());
+    }
+    /// A message of `stage` (for `destination`) scheduled for another attempt.
+    pub fn retry(&self, stage: &str, destination: &str) {
+        self.inner
+            .retries
+            .get_or_create(&labels([("stage", stage), ("destination", destination)]))
+            .inc();
+    }
+    /// A message of `stage` dead-lettered, with a bounded `reason` class.
+    pub fn dead_lettered(&self, stage: &str, destination: &str, reason: &str) {
+        self.inner
+            .dead_lettered
+            .get_or_create(&labels([
+                ("stage", stage),
+                ("destination", destination),
+                ("reason", reason),
+            ]))
+            .inc();
+    }
+    /// The state of `destination`'s circuit (0 closed, 1 open, 2 probing).
+    pub fn circuit_state(&self, destination: &str, state: i64) {
+        self.inner
+            .circuit_state
+            .get_or_create(&labels([("destination", destination)]))
+            .set(state);
+    }
+    /// Whether the LiveAPI socket is connected.
+    pub fn live_connected(&self, connected: bool) {
+        self.inner.live_connected.set(i64::from(connected));
+    }
+    /// A LiveAPI message skipped for `reason`.
+    pub fn live_skipped(&self, reason: &str) {
+        self.inner
+            .live_skipped
+            .get_or_create(&labels([("reason", reason)]))
+            .inc();
+    }
+    /// Messages pending for `consumer`.
+    pub fn consumer_pending(&self, consumer: &str, pending: u64) {
+        self.inner
+            .consumer_pending
+            .get_or_create(&labels([("consumer", consumer)]))
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+/// `GET /metrics`.
+pub fn metrics_router(metrics: Metrics) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_with_prometheus_names_and_bounded_labels() {
+        let m = Metrics::new();
+        m.received("webhook");
+        m.received("webhook");
+        m.delivery("soar", "delivered");
+        m.live_connected(true);
+        let text = m.render();
+        assert!(
+            text.contains("alertsync_alerts_received_total{source=\"webhook\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "alertsync_deliveries_total{destination=\"soar\",outcome=\"delivered\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("alertsync_live_socket_connected 1"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

@@ -1,0 +1,110 @@
+//! The Alert Created trigger's filters, with Sekoia's semantics, plus `sekoia.communities`.
+//!
+//! - `rule_filter`: passes when `rule.name` or `rule.uuid` equals it;
+//! - `rule_names_filter`: passes when `rule.name` is in the list (exact, case-sensitive);
+//! - both set: both must pass;
+//! - `sekoia.communities`: passes when `community_uuid` is in the list.
+//!
+//! Applied after Get Alert, as Sekoia does: the alert's own fields decide.
+
+use alertsync_config::EnricherConfig;
+use serde_json::Value;
+
+/// The filters of one enricher.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerFilter {
+    rule_filter: Option<String>,
+    rule_names: Vec<String>,
+    communities: Vec<String>,
+}
+
+impl TriggerFilter {
+    /// Filters from `[enricher]` and `sekoia.communities`.
+    pub fn new(cfg: &EnricherConfig, communities: &[String]) -> Self {
+        Self {
+            rule_filter: cfg.rule_filter.clone().filter(|f| !f.is_empty()),
+            rule_names: cfg.rule_names_filter.clone(),
+            communities: communities.iter().map(|c| c.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// `None` when `alert` passes, else the name of the filter that stopped it.
+    pub fn rejects(&self, alert: &Value) -> Option<&'static str> {
+        let name = alert.pointer("/rule/name").and_then(Value::as_str);
+        let uuid = alert.pointer("/rule/uuid").and_then(Value::as_str);
+        if let Some(f) = &self.rule_filter
+            && name != Some(f.as_str())
+            && uuid != Some(f.as_str())
+        {
+            return Some("rule_filter");
+        }
+        if !self.rule_names.is_empty()
+            && !name.is_some_and(|n| self.rule_names.iter().any(|r| r == n))
+        {
+            return Some("rule_names_filter");
+        }
+        if !self.communities.is_empty() {
+            let community = alert
+                .get("community_uuid")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase);
+            if !community.is_some_and(|c| self.communities.contains(&c)) {
+                return Some("community");
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn filter(rule_filter: Option<&str>, names: &[&str], communities: &[&str]) -> TriggerFilter {
+        let cfg = EnricherConfig {
+            rule_filter: rule_filter.map(str::to_string),
+            rule_names_filter: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let c: Vec<String> = communities.iter().map(|s| s.to_string()).collect();
+        TriggerFilter::new(&cfg, &c)
+    }
+
+    fn alert(name: &str, uuid: &str, community: &str) -> Value {
+        json!({"rule": {"name": name, "uuid": uuid}, "community_uuid": community})
+    }
+
+    #[test]
+    fn rule_filter_matches_the_rule_name_or_uuid() {
+        let f = filter(Some("SSH"), &[], &[]);
+        assert_eq!(f.rejects(&alert("SSH", "u1", "c")), None);
+        assert_eq!(f.rejects(&alert("Other", "SSH", "c")), None);
+        assert_eq!(f.rejects(&alert("ssh", "u1", "c")), Some("rule_filter"));
+    }
+
+    #[test]
+    fn rule_names_filter_is_an_exact_list_and_both_filters_must_pass() {
+        let f = filter(None, &["A", "B"], &[]);
+        assert_eq!(f.rejects(&alert("B", "u", "c")), None);
+        assert_eq!(f.rejects(&alert("C", "u", "c")), Some("rule_names_filter"));
+        let both = filter(Some("u1"), &["A"], &[]);
+        assert_eq!(both.rejects(&alert("A", "u1", "c")), None);
+        assert_eq!(both.rejects(&alert("A", "u2", "c")), Some("rule_filter"));
+        assert_eq!(
+            both.rejects(&alert("B", "u1", "c")),
+            Some("rule_names_filter")
+        );
+    }
+
+    #[test]
+    fn communities_limit_what_passes() {
+        let f = filter(None, &[], &["D24E5C90-1A7B-4E63-B8F2-0C9A4E7F3B15"]);
+        assert_eq!(
+            f.rejects(&alert("A", "u", "d24e5c90-1a7b-4e63-b8f2-0c9a4e7f3b15")),
+            None
+        );
+        assert_eq!(f.rejects(&alert("A", "u", "other")), Some("community"));
+        assert_eq!(filter(None, &[], &[]).rejects(&json!({})), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Delivery records: what makes a JetStream redelivery (or a DLQ replay) of an alert that was
+//! already delivered harmless.
+//!
+//! After a 2xx and before the ack, the forwarder writes `<destination>.<alert uuid>` into the
+//! KV bucket `<PREFIX>_DELIVERED` (kept `forwarder.delivery_record_max_age`), and it skips an
+//! alert whose record exists. The only window left is between the 2xx and the record (a crash,
+//! or NATS unreachable right then); the `Idempotency-Key` header covers it for receivers that
+//! honour it. Deliveries made by this process are also remembered in memory, so a record that
+//! could not be written while NATS was away still stops a redelivery to the same process.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use alertsync_jetstream::async_nats::jetstream::kv;
+
+/// Deliveries remembered in memory per destination (about 100 bytes each).
+const RECENT_CAPACITY: usize = 100_000;
+/// Attempts to write a record before giving up (the delivery itself already happened).
+const RECORD_ATTEMPTS: u32 = 3;
+/// Pause between those attempts.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
+
+/// The delivery record of one alert could not be read: whether it was delivered is unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the delivery record {key}: {reason}")]
+pub struct RecordError {
+    /// The key.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+#[derive(Default)]
+struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            if self.order.len() > RECENT_CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// The delivery records of one destination.
+pub struct DeliveryRecords {
+    store: kv::Store,
+    destination: String,
+    recent: Mutex<Recent>,
+}
+
+impl DeliveryRecords {
+    /// Records of `destination` in `store`.
+    pub fn new(store: kv::Store, destination: &str) -> Self {
+        Self {
+            store,
+            destination: destination.to_string(),
+            recent: Mutex::new(Recent::default()),
+        }
+    }
+
+    /// The KV key of `alert_uuid` for this destination (uuid and destination name are both
+    /// valid key tokens: the config and the decoder checked them).
+    pub fn key(&self, alert_uuid: &str) -> String {
+        format!("{}.{alert_uuid}", self.destination)
+    }
+
+    /// Whether `alert_uuid` was already delivered to this destination.
+    pub async fn is_delivered(&self, alert_uuid: &str) -> Result<bool, RecordError> {
+        let key = self.key(alert_uuid);
+        if self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .contains(&key)
+        {
+            return Ok(true);
+        }
+        match self.store.get(&key).await {
+            Ok(v) => Ok(v.is_some()),
+            Err(e) => Err(RecordError {
+                key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records that `alert_uuid` was delivered (answered `status` on attempt `attempt`).
+    /// Returns whether the record reached NATS; it is remembered in memory either way.
+    pub async fn record(&self, alert_uuid: &str, status: u16, attempt: u32) -> bool {
+        let key = self.key(alert_uuid);
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        let value = serde_json::json!({
+            "delivered_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "status": status,
+            "attempt": attempt,
+        })
+        .to_string();
+        for n in 1..=RECORD_ATTEMPTS {
+            match self.store.put(&key, value.clone().into()).await {
+                Ok(_) => return true,
+                Err(e) if n < RECORD_ATTEMPTS => {
+                    tracing::debug!(%key, error = %e, "writing the delivery record failed; retrying");
+                    tokio::time::sleep(RECORD_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot write the delivery record; a redelivery to another replica may send this alert again (with the same Idempotency-Key)");
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_deliveries_are_bounded_oldest_first() {
+        let mut r = Recent::default();
+        for i in 0..RECENT_CAPACITY + 10 {
+            r.insert(format!("k{i}"));
+        }
+        assert_eq!(r.set.len(), RECENT_CAPACITY);
+        assert!(!r.set.contains("k0"));
+        assert!(r.set.contains(&format!("k{}", RECENT_CAPACITY + 9)));
+        r.insert(format!("k{}", RECENT_CAPACITY + 9));
+        assert_eq!(r.order.len(), RECENT_CAPACITY);
+    }
+}
