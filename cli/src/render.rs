@@ -82,6 +82,14 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
         .and_then(|u| u.as_str())
         .context("the alert has no \"uuid\" string: pass an alert as Get Alert returns it")?
         .to_string();
+    if let Some(condition) = alertsync_forwarder::filter::Filter::new(&dcfg.filter).rejects(&alert)
+    {
+        eprintln!(
+            "note: destinations[{}].filter.{condition} filters this alert out: the forwarder \
+             would acknowledge it without sending anything. The request it would otherwise send:",
+            args.destination
+        );
+    }
     let ctx = alertsync_template::Context::new(&alert);
     let rendered = destination.render(&ctx, &uuid).map_err(|reason| {
         anyhow::anyhow!(

@@ -304,7 +304,7 @@ async fn an_unreachable_destination_is_named_without_printing_its_url() {
 
 #[test]
 fn every_command_has_help_with_examples() {
-    for cmd in ["check", "render", "run", "demo", "stand-ins"] {
+    for cmd in ["check", "render", "run", "demo", "stand-ins", "dlq"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_alertsync"))
             .args([cmd, "--help"])
             .output()

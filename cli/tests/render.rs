@@ -23,6 +23,21 @@ fn example_config() -> String {
     std::fs::read_to_string(root().join("alertsync.example.toml")).unwrap()
 }
 
+/// Edits the example config, failing loudly if the text to replace is gone from it.
+trait Edit {
+    fn edit(self, from: &str, to: &str) -> String;
+}
+
+impl Edit for String {
+    fn edit(self, from: &str, to: &str) -> String {
+        assert!(
+            self.contains(from),
+            "alertsync.example.toml no longer contains {from:?}"
+        );
+        self.replace(from, to)
+    }
+}
+
 fn env(name: &str) -> Option<String> {
     match name {
         "SOAR_API_KEY" => Some(SOAR_KEY.into()),
@@ -127,7 +142,7 @@ async fn the_seed_bonus_intake_template_renders_with_the_intake_key_redacted() {
 async fn a_live_alert_fetched_from_sekoia_renders_like_the_same_alert_from_a_file() {
     let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
     sekoia.insert_alert(alertsync_standins::alerts::fixture());
-    let config = example_config().replace("https://api.sekoia.io", &sekoia.base_url());
+    let config = example_config().edit("https://api.sekoia.io", &sekoia.base_url());
     let (code, stdout, stderr) = render(
         &config,
         &["--destination", "soar", "--alert-uuid", FIXTURE_UUID],
@@ -204,9 +219,9 @@ async fn a_hostile_rule_name_is_rendered_as_json_text_not_structure() {
 async fn the_printed_request_is_the_request_the_forwarder_sends() {
     let receiver = Receiver::start().await;
     let config = example_config()
-        .replace("https://soar.example/api/alerts", &receiver.url("/soar"))
-        .replace("https://intake.sekoia.io", &receiver.url("/intake"))
-        .replace(
+        .edit("https://soar.example/api/alerts", &receiver.url("/soar"))
+        .edit("https://intake.sekoia.io", &receiver.url("/intake"))
+        .edit(
             "# params = { source = \"sekoia\" }",
             "params = { source = \"sekoia\", rule = \"{{ node.1.rule.name }}\" }",
         );
@@ -273,4 +288,30 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
             sent_body.replace(INTAKE_KEY, "[REDACTED]")
         );
     }
+}
+
+#[tokio::test]
+async fn an_alert_the_destination_filters_out_is_rendered_with_a_note_saying_so() {
+    let fixture = fixture();
+    // The fixture's urgency is 65.
+    let config = example_config().edit(
+        "# timeout = \"30s\"",
+        "[destinations.filter]\nmin_urgency = 90",
+    );
+    let (code, stdout, stderr) = render(
+        &config,
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("destinations[soar].filter.min_urgency filters this alert out"),
+        "{stderr}"
+    );
+    assert_eq!(stdout, expected_soar());
 }

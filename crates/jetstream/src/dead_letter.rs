@@ -67,11 +67,14 @@ impl DeadLetters {
             "dlq:{}:{}:{}",
             delivery.stream, self.destination, delivery.stream_sequence
         );
+        // Published inside the message's process span: the dead letter joins the alert's trace.
+        let mut headers = async_nats::HeaderMap::new();
+        alertsync_telemetry::propagation::inject_nats(&mut headers);
         publish_acked(
             &self.js,
             self.subject.clone(),
             &msg_id,
-            None,
+            Some(headers),
             entry.encode_to_vec().into(),
         )
         .await

@@ -286,10 +286,13 @@ impl Gate {
             let now = Instant::now();
             let (wake, reopened) = {
                 let mut s = self.lock();
-                if s.released {
+                let reopened = self.reopen_if_due(&mut s, now);
+                // Release only what would have to wait: a message drained from the last batch
+                // during shutdown still goes out through an open gate, or it would sit NAKed
+                // on the server.
+                if s.released && s.state != GateState::Open {
                     break Turn::Released;
                 }
-                let reopened = self.reopen_if_due(&mut s, now);
                 match s.state {
                     GateState::Open => {
                         drop(s);

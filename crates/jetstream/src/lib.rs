@@ -1,7 +1,7 @@
 //! Everything alertsync does with NATS JetStream.
 //!
 //! - [`subjects`]: subject, stream and consumer names, all derived from the configured prefix.
-//! - [`connect`]: connecting (with credentials) and refusing servers older than 2.10.
+//! - [`mod@connect`]: connecting (with credentials) and refusing servers older than 2.10.
 //! - [`topology`]: creating the streams and durable pull consumers, idempotently.
 //! - [`publish`]: publishing with a message id and awaiting the JetStream acknowledgement.
 //! - [`worker`]: the bounded pull loop every consuming stage runs; a handler returns an

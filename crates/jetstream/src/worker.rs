@@ -24,6 +24,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::dead_letter::DeadLetters;
 use crate::gate::{Gate, Pull};
@@ -32,6 +33,8 @@ use crate::gate::{Gate, Pull};
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Pause after a failed pull (server unreachable, consumer deleted) before trying again.
 const PULL_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// How often a worker reports its consumer's lag.
+pub const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Delay of the NAK sent when a dead-letter publish failed.
 const DLQ_FAILED_RETRY: Duration = Duration::from_secs(5);
 
@@ -118,6 +121,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// Messages handled at once.
     pub concurrency: usize,
+    /// Name of the consumer span of each message ("enrich_process", "forward_process").
+    pub span_name: &'static str,
 }
 
 /// A pull loop over one durable consumer.
@@ -126,6 +131,7 @@ pub struct Worker {
     config: WorkerConfig,
     dead_letters: DeadLetters,
     gate: Option<Gate>,
+    metrics: Option<alertsync_telemetry::Metrics>,
 }
 
 impl Worker {
@@ -136,7 +142,14 @@ impl Worker {
             config,
             dead_letters,
             gate: None,
+            metrics: None,
         }
+    }
+
+    /// Reports the consumer's lag (`alertsync_consumer_pending`) every [`LAG_EVERY`].
+    pub fn with_metrics(mut self, metrics: alertsync_telemetry::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Pulls only while `gate` lets calls through; on shutdown the gate releases held
@@ -158,6 +171,9 @@ impl Worker {
                 signal.cancelled().await;
                 gate.release();
             });
+        }
+        if let Some(metrics) = self.metrics.clone() {
+            tokio::spawn(report_lag(self.consumer.clone(), metrics, shutdown.clone()));
         }
         'pull: loop {
             // Wait for room before asking the server for anything.
@@ -216,14 +232,18 @@ impl Worker {
                         continue;
                     }
                 };
+                let span = process_span(self.config.span_name, &delivery);
                 let handler = handler.clone();
                 let dead_letters = self.dead_letters.clone();
                 let name = name.clone();
-                tracker.spawn(async move {
-                    let outcome = handler.handle(&delivery).await;
-                    settle(&name, &delivery, outcome, &dead_letters).await;
-                    drop(permit);
-                });
+                tracker.spawn(
+                    async move {
+                        let outcome = handler.handle(&delivery).await;
+                        settle(&name, &delivery, outcome, &dead_letters).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             if shutdown.is_cancelled() {
                 break;
@@ -233,6 +253,47 @@ impl Worker {
         tracker.wait().await;
         tracing::info!(worker = %name, "worker stopped");
     }
+}
+
+/// Asks the server for the consumer's pending count (messages not yet delivered to it) and
+/// publishes it as a gauge, until shutdown. A failed ask keeps the last value: the server
+/// being away shows elsewhere (readiness, logs).
+async fn report_lag(
+    mut consumer: PullConsumer,
+    metrics: alertsync_telemetry::Metrics,
+    shutdown: CancellationToken,
+) {
+    let name = consumer.cached_info().name.clone();
+    loop {
+        if let Ok(info) = consumer.info().await {
+            metrics.consumer_pending(&name, info.num_pending);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LAG_EVERY) => {}
+        }
+    }
+}
+
+/// The consumer span of one delivery, child of the span that published the message. Every
+/// redelivery carries the same headers, so each attempt is one more child in the same trace.
+/// Handlers fill `alert.uuid` (and the forwarder `alertsync.destination`) once they know them.
+fn process_span(name: &'static str, d: &Delivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = name,
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %d.subject,
+        alertsync.attempt = d.delivered,
+        alert.uuid = tracing::field::Empty,
+        alert.short_id = tracing::field::Empty,
+        alertsync.destination = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    alertsync_telemetry::propagation::set_parent_from_nats(&span, d.headers.as_ref());
+    span
 }
 
 async fn pause(shutdown: &CancellationToken) {
@@ -255,6 +316,7 @@ async fn settle(name: &str, d: &Delivery, outcome: Outcome, dead_letters: &DeadL
             .await
         {
             Ok(()) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
                 tracing::warn!(
                     worker = %name,
                     alert.uuid = %alert_uuid,

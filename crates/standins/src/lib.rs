@@ -5,8 +5,10 @@
 //!   key checks and scriptable answers per alert.
 //! - [`receiver`]: a destination that records every request and answers from a script.
 //! - [`alerts`]: realistic alert bodies (the shape of `GET /v1/sic/alerts/{uuid}`).
+//! - [`otlp`]: a trace collector that decodes OTLP/HTTP protobuf and keeps every span.
 
 pub mod alerts;
+pub mod otlp;
 pub mod receiver;
 pub mod sekoia;
 

@@ -90,7 +90,7 @@ pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
         tracing::error!(error = %e, "cannot set up the OTLP trace exporter; traces are not exported");
     }
     if installed {
-        let _ = opentelemetry::global::set_tracer_provider(provider.clone());
+        opentelemetry::global::set_tracer_provider(provider.clone());
         TelemetryGuard {
             provider: Some(provider),
         }

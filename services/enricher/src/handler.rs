@@ -113,6 +113,9 @@ impl EnrichHandler {
         // The body was checked to be a JSON object by the client.
         let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let uuid = created.alert_uuid.clone();
+        if let Some(short_id) = alert.get("short_id").and_then(|v| v.as_str()) {
+            tracing::Span::current().record("alert.short_id", short_id);
+        }
         if let Some(filter) = self.parts.filter.rejects(&alert) {
             self.parts.metrics.filtered("enrich", "", filter);
             tracing::debug!(alert.uuid = %uuid, filter, "alert filtered out");
@@ -187,6 +190,11 @@ impl Handler for EnrichHandler {
                 "poison",
             );
         };
+        let span = tracing::Span::current();
+        span.record("alert.uuid", uuid.as_str());
+        if !created.short_id.is_empty() {
+            span.record("alert.short_id", created.short_id.as_str());
+        }
         let m = &self.parts.metrics;
         loop {
             let started = std::time::Instant::now();

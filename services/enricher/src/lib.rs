@@ -97,9 +97,11 @@ impl Enricher {
             WorkerConfig {
                 name: "enricher".into(),
                 concurrency: e.concurrency,
+                span_name: "enrich_process",
             },
             dead_letters,
-        );
+        )
+        .with_metrics(metrics.clone());
         let listener = TcpListener::bind(e.listen)
             .await
             .with_context(|| format!("enricher.listen: cannot bind {}", e.listen))?;

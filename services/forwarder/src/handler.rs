@@ -2,7 +2,8 @@
 //!
 //! The order of things is what makes the guarantees:
 //! 1. decode (undecodable → dead-letter as poison);
-//! 2. skip the alert if its delivery record exists (a redelivery or replay of work done);
+//! 2. skip the alert if its delivery record exists (a redelivery or replay of work done), or
+//!    if the destination's filter rejects it;
 //! 3. render (a render error or a body over `max_body_bytes` → dead-letter);
 //! 4. wait for the destination's [`Gate`] (held, not retried, while it is paused, its circuit
 //!    is open or it is rate-limited);
@@ -24,6 +25,7 @@ use alertsync_jetstream::{Delivery, Gate, Handler, Outcome, Turn};
 use alertsync_proto::{Message as _, canonical_uuid, v1};
 use alertsync_telemetry::Metrics;
 use alertsync_template::Context;
+use tracing::Instrument;
 
 use crate::destination::{Attempt, Destination};
 use crate::records::DeliveryRecords;
@@ -67,6 +69,32 @@ impl ForwardHandler {
         }
     }
 
+    /// One attempt, in its own `deliver` client span whose context the destination receives
+    /// as `traceparent`, so the external tool can find the alert's trace.
+    async fn send(
+        &self,
+        request: &crate::destination::Rendered,
+        uuid: &str,
+        attempt: u32,
+    ) -> (Attempt, tracing::Span) {
+        let span = tracing::info_span!(
+            "deliver",
+            otel.kind = "client",
+            http.request.method = %request.method,
+            server.address = request.url.host_str().unwrap_or(""),
+            alertsync.destination = %self.dest.name,
+            alertsync.attempt = attempt,
+            alert.uuid = %uuid,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        );
+        let mut request = request.clone();
+        span.in_scope(|| alertsync_telemetry::propagation::inject_http(&mut request.headers));
+        let attempt = self.dest.send(request).instrument(span.clone()).await;
+        (attempt, span)
+    }
+
     /// The destination's gate.
     pub fn gate(&self) -> &Gate {
         &self.gate
@@ -104,6 +132,9 @@ impl Handler for ForwardHandler {
                 "",
             );
         };
+        let process = tracing::Span::current();
+        process.record("alert.uuid", uuid.as_str());
+        process.record("alertsync.destination", name);
         match self.records.is_delivered(&uuid).await {
             Ok(true) => {
                 tracing::info!(alert.uuid = %uuid, destination = %name, attempt = d.delivered, "already delivered; not sending again");
@@ -132,8 +163,17 @@ impl Handler for ForwardHandler {
                 );
             }
         };
+        if let Some(filter) = self.dest.filter.rejects(&alert) {
+            // Not for this destination: acked, counted, and never sent or dead-lettered.
+            self.metrics.filtered(STAGE_FORWARD, name, filter);
+            tracing::debug!(alert.uuid = %uuid, destination = %name, filter, "alert filtered out");
+            return Outcome::Ack;
+        }
         let ctx = Context::new(&alert);
-        let request = match self.dest.render(&ctx, &uuid) {
+        let rendered =
+            tracing::info_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
+                .in_scope(|| self.dest.render(&ctx, &uuid));
+        let request = match rendered {
             Ok(r) => r,
             Err(reason) => return self.dead("render", reason, None, &uuid),
         };
@@ -148,8 +188,21 @@ impl Handler for ForwardHandler {
                 }
             };
             let started = std::time::Instant::now();
-            let attempt = self.dest.send(request.clone()).await;
+            let (attempt, span) = self.send(&request, &uuid, d.delivered).await;
             self.metrics.delivery_latency(name, started.elapsed());
+            match &attempt {
+                Attempt::Delivered(status) => {
+                    span.record("http.response.status_code", status);
+                }
+                Attempt::Failed { status, reason, .. } => {
+                    if let Some(status) = status {
+                        span.record("http.response.status_code", status);
+                    }
+                    span.record("otel.status_code", "ERROR");
+                    // The reason is redacted and says what went wrong, not what was sent.
+                    span.record("error.message", reason.as_str());
+                }
+            }
             match attempt {
                 Attempt::Delivered(status) => {
                     pass.delivered();
@@ -157,6 +210,17 @@ impl Handler for ForwardHandler {
                     self.records.record(&uuid, status, d.delivered).await;
                     tracing::info!(alert.uuid = %uuid, destination = %name, status, attempt = d.delivered, "delivered");
                     self.metrics.delivery(name, "delivered");
+                    if let Some(received) = enriched
+                        .created
+                        .as_ref()
+                        .and_then(|c| c.received_at.as_ref())
+                    {
+                        // From the moment a source saw the alert; a clock step back reads as 0.
+                        let age = std::time::SystemTime::now()
+                            .duration_since(alertsync_proto::time::to_system(received))
+                            .unwrap_or_default();
+                        self.metrics.created_to_delivered(name, age);
+                    }
                     return Outcome::Ack;
                 }
                 Attempt::Failed {
@@ -229,7 +293,12 @@ impl Handler for ForwardHandler {
                 Attempt::Failed { status, reason, .. } => {
                     pass.answered();
                     self.metrics.delivery(name, "rejected_permanently");
-                    return self.dead("permanent", reason, status, &uuid);
+                    let class = if status.is_some_and(|s| (400..500).contains(&s)) {
+                        "http_4xx"
+                    } else {
+                        "http_other"
+                    };
+                    return self.dead(class, reason, status, &uuid);
                 }
             }
         }

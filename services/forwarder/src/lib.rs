@@ -148,10 +148,12 @@ impl Forwarder {
                 WorkerConfig {
                     name: format!("forward {}", dest.name),
                     concurrency: dcfg.concurrency,
+                    span_name: "forward_process",
                 },
                 dead_letters,
             )
-            .with_gate(gate.clone());
+            .with_gate(gate.clone())
+            .with_metrics(metrics.clone());
             workers.push((
                 worker,
                 Arc::new(handler::ForwardHandler::new(
@@ -239,5 +241,48 @@ mod tests {
         let cfg = Config::parse(&text, &|k| Some(format!("{k}-value")), &Stage::ALL).unwrap();
         let err = super::compile_destinations(&cfg).err().unwrap().to_string();
         assert!(err.starts_with("destinations[soar].json:"), "{err}");
+    }
+
+    #[test]
+    fn delivery_records_must_outlive_the_alerts_and_probe_settings_are_checked() {
+        let text = include_str!("../../../alertsync.example.toml").replace(
+            "listen = \"0.0.0.0:8082\"",
+            "listen = \"0.0.0.0:8082\"\ndelivery_record_max_age = \"1d\"\n\
+             probe_base_delay = \"10m\"\ncircuit_failures = 0",
+        );
+        let err = Config::parse(&text, &|k| Some(format!("{k}-value")), &[Stage::Forwarder])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("forwarder.delivery_record_max_age"), "{err}");
+        assert!(err.contains("forwarder.probe_base_delay"), "{err}");
+        assert!(err.contains("forwarder.circuit_failures"), "{err}");
+    }
+
+    #[test]
+    fn readiness_says_which_state_since_when_and_why() {
+        use alertsync_jetstream::{GateState, GateStatus};
+        use std::time::{Duration, UNIX_EPOCH};
+        let open = GateStatus {
+            state: GateState::Open,
+            since: None,
+            reason: String::new(),
+            last_status: None,
+            next_try_in: None,
+            failed_probes: 0,
+        };
+        assert_eq!(super::describe_gate(&open), "delivering");
+        let paused = GateStatus {
+            state: GateState::Paused,
+            since: Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            reason: "destination answered 401 Unauthorized".into(),
+            last_status: Some(401),
+            next_try_in: Some(Duration::from_secs(8)),
+            failed_probes: 2,
+        };
+        assert_eq!(
+            super::describe_gate(&paused),
+            "paused: the destination rejects our credentials since 2027-01-15T08:00:00Z \
+             (destination answered 401 Unauthorized); next try in 8s; alerts wait in the stream"
+        );
     }
 }

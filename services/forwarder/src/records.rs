@@ -76,13 +76,18 @@ impl DeliveryRecords {
     /// Whether `alert_uuid` was already delivered to this destination.
     pub async fn is_delivered(&self, alert_uuid: &str) -> Result<bool, RecordError> {
         let key = self.key(alert_uuid);
-        if self
+        let remembered = self
             .recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set
-            .contains(&key)
-        {
+            .contains(&key);
+        if remembered {
+            // Delivered by this process; its record may not have reached NATS then (it was
+            // unreachable): write it now, so that another replica skips the alert too.
+            if let Ok(None) = self.store.get(&key).await {
+                let _ = self.store.put(&key, value(0, 0).into()).await;
+            }
             return Ok(true);
         }
         match self.store.get(&key).await {
@@ -102,12 +107,7 @@ impl DeliveryRecords {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone());
-        let value = serde_json::json!({
-            "delivered_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "status": status,
-            "attempt": attempt,
-        })
-        .to_string();
+        let value = value(status, attempt);
         for n in 1..=RECORD_ATTEMPTS {
             match self.store.put(&key, value.clone().into()).await {
                 Ok(_) => return true,
@@ -122,6 +122,16 @@ impl DeliveryRecords {
         }
         false
     }
+}
+
+/// A record: when (this write), the status and the attempt (0 when written late, from memory).
+fn value(status: u16, attempt: u32) -> String {
+    serde_json::json!({
+        "delivered_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "status": status,
+        "attempt": attempt,
+    })
+    .to_string()
 }
 
 #[cfg(test)]
