@@ -163,13 +163,12 @@ impl SekoiaClient {
         match (status, classify(status)) {
             (401 | 403, _) => GetAlert::KeyRejected(status),
             (404, _) => GetAlert::NotFound,
-            (_, Class::Success) => match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(v) if v.is_object() => GetAlert::Found(body),
-                _ => GetAlert::Transient {
-                    status: Some(status),
-                    retry_after: None,
-                    reason: "Get Alert answered 200 without a JSON object".into(),
-                },
+            // Checked without building the tree: the body travels on as bytes.
+            (_, Class::Success) if is_json_object(&body) => GetAlert::Found(body),
+            (_, Class::Success) => GetAlert::Transient {
+                status: Some(status),
+                retry_after: None,
+                reason: "Get Alert answered 200 without a JSON object".into(),
             },
             (_, Class::Transient) => GetAlert::Transient {
                 status: Some(status),
@@ -312,6 +311,13 @@ pub fn live_url(base: &url::Url) -> url::Url {
     u.set_path("/live/");
     u.set_query(None);
     u
+}
+
+/// Whether `body` is one JSON object (valid JSON, nothing after it), checked by a scan that
+/// allocates nothing.
+fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// `: <message>` from a Sekoia error body (`{"message": ...}`), bounded in length.

@@ -13,7 +13,7 @@ use alertsync_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::filter::TriggerFilter;
+use crate::filter::{AlertHead, TriggerFilter};
 
 /// How often a message held during a rejected-key episode tells the server it is still alive.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -111,9 +111,9 @@ impl EnrichHandler {
         d: &Delivery,
     ) -> Outcome {
         // The body was checked to be a JSON object by the client.
-        let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let alert = AlertHead::parse(&body);
         let uuid = created.alert_uuid.clone();
-        if let Some(short_id) = alert.get("short_id").and_then(|v| v.as_str()) {
+        if let Some(short_id) = alert.short_id() {
             tracing::Span::current().record("alert.short_id", short_id);
         }
         if let Some(filter) = self.parts.filter.rejects(&alert) {
@@ -124,8 +124,7 @@ impl EnrichHandler {
         if created.community_uuid.is_empty() {
             // Sources like the bare webhook form don't carry the community; the alert does.
             created.community_uuid = alert
-                .get("community_uuid")
-                .and_then(|c| c.as_str())
+                .community_uuid()
                 .and_then(canonical_uuid)
                 .unwrap_or_default();
         }
@@ -158,7 +157,7 @@ impl EnrichHandler {
         match published {
             Ok(_) => {
                 self.parts.metrics.enriched();
-                tracing::info!(alert.uuid = %uuid, "alert enriched");
+                tracing::debug!(alert.uuid = %uuid, "alert enriched");
                 Outcome::Ack
             }
             Err(e) => {

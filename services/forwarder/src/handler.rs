@@ -169,7 +169,7 @@ impl Handler for ForwardHandler {
             tracing::debug!(alert.uuid = %uuid, destination = %name, filter, "alert filtered out");
             return Outcome::Ack;
         }
-        let ctx = Context::new(&alert);
+        let ctx = Context::from_json(alert);
         let rendered =
             tracing::info_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
                 .in_scope(|| self.dest.render(&ctx, &uuid));
@@ -208,7 +208,7 @@ impl Handler for ForwardHandler {
                     pass.delivered();
                     // The record goes before the ack: a redelivery after this point is skipped.
                     self.records.record(&uuid, status, d.delivered).await;
-                    tracing::info!(alert.uuid = %uuid, destination = %name, status, attempt = d.delivered, "delivered");
+                    tracing::debug!(alert.uuid = %uuid, destination = %name, status, attempt = d.delivered, "delivered");
                     self.metrics.delivery(name, "delivered");
                     if let Some(received) = enriched
                         .created

@@ -145,7 +145,7 @@ impl Publisher {
             Ok(Verdict::Duplicate)
         } else {
             self.metrics.published(name);
-            tracing::info!(alert.uuid = %event.alert_uuid, source = name, "alert published");
+            tracing::debug!(alert.uuid = %event.alert_uuid, source = name, "alert published");
             Ok(Verdict::Published)
         }
     }
