@@ -21,7 +21,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -37,6 +37,13 @@ const PULL_ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Delay of the NAK sent when a dead-letter publish failed.
 const DLQ_FAILED_RETRY: Duration = Duration::from_secs(5);
+/// Longest wait for more free handlers before pulling, when only a few are free.
+///
+/// Under load, handlers finish one at a time; pulling as soon as one is free would cost a
+/// pull request (and a subscription) per message, which the benchmark showed as most of
+/// nats-server's CPU. Waiting this long for a quarter of the handlers to be free makes batches
+/// of several messages, and adds at most this much latency (only when all handlers are busy).
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// One received message, as handlers see it.
 pub struct Delivery {
@@ -185,10 +192,14 @@ impl Worker {
                 None => Pull::Batch,
                 Some(gate) => gate.wait_pull(&shutdown).await,
             };
+            let mut first = first;
             let wanted = match pull {
                 Pull::Stop => break 'pull,
                 Pull::One => 1,
-                Pull::Batch => 1 + permits.available_permits(),
+                Pull::Batch => {
+                    gather(&permits, &mut first, self.config.concurrency).await;
+                    first.num_permits() + permits.available_permits()
+                }
             };
             let batch = self
                 .consumer
@@ -206,7 +217,8 @@ impl Worker {
                     continue;
                 }
             };
-            let mut first = Some(first);
+            // The batch's first messages use the permits gathered above, one each.
+            let mut held = Some(first);
             // Once requested, the batch is drained even during shutdown: messages the server
             // already sent would otherwise wait a whole ack wait before redelivery.
             while let Some(item) = batch.next().await {
@@ -217,7 +229,7 @@ impl Worker {
                         break;
                     }
                 };
-                let permit = match first.take() {
+                let permit = match held.as_mut().and_then(|h| h.split(1)) {
                     Some(p) => p,
                     None => match permits.clone().acquire_owned().await {
                         Ok(p) => p,
@@ -252,6 +264,22 @@ impl Worker {
         tracker.close();
         tracker.wait().await;
         tracing::info!(worker = %name, "worker stopped");
+    }
+}
+
+/// When fewer than a quarter of the handlers are free, waits up to [`GATHER_WAIT`] for that
+/// many and adds them to `held`, so that one pull request fetches several messages.
+async fn gather(permits: &Arc<Semaphore>, held: &mut OwnedSemaphorePermit, concurrency: usize) {
+    let target = concurrency.div_ceil(4);
+    let have = held.num_permits() + permits.available_permits();
+    if have >= target {
+        return;
+    }
+    let more = u32::try_from(target - held.num_permits()).unwrap_or(u32::MAX);
+    if let Ok(Ok(p)) =
+        tokio::time::timeout(GATHER_WAIT, permits.clone().acquire_many_owned(more)).await
+    {
+        held.merge(p);
     }
 }
 

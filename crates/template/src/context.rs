@@ -11,6 +11,8 @@ use minijinja::Value;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use serde_json::{Map, Value as Json};
 
+use crate::raw::{RawAlert, scalar_value};
+
 /// The variables a template sees: `node` = `[trigger output, alert]`, and the same two
 /// values as `trigger` and `alert`. Build it once per alert and reuse it for every template
 /// of that alert; cloning is cheap (reference counted).
@@ -32,6 +34,19 @@ impl Context {
     pub fn from_json(alert: Json) -> Context {
         let trigger = JsonNode::value_of(Arc::new(trigger_output(&alert)));
         let alert = JsonNode::value_of(Arc::new(alert));
+        let node = Value::from(vec![trigger.clone(), alert.clone()]);
+        Context {
+            value: minijinja::context! { node, trigger, alert },
+        }
+    }
+
+    /// [`Context::new`] from the alert's text read in place ([`RawAlert`]): only the fields
+    /// templates look up are ever parsed.
+    pub fn from_raw(alert: &RawAlert) -> Context {
+        let trigger = Value::from_object(TriggerNode {
+            alert: alert.clone(),
+        });
+        let alert = alert.value();
         let node = Value::from(vec![trigger.clone(), alert.clone()]);
         Context {
             value: minijinja::context! { node, trigger, alert },
@@ -103,25 +118,6 @@ impl JsonNode {
     }
 }
 
-fn scalar_value(json: &Json) -> Value {
-    match json {
-        Json::Null => Value::from(()),
-        Json::Bool(b) => Value::from(*b),
-        Json::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else {
-                Value::from(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Json::String(s) => Value::from(s.as_str()),
-        // Not reached: objects and arrays are JsonNodes.
-        other => Value::from(minijinja::value::Serde(other)),
-    }
-}
-
 impl Object for JsonNode {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
         match self.node() {
@@ -163,6 +159,76 @@ impl Object for JsonNode {
             Json::Array(a) => Some(a.len()),
             _ => Some(0),
         }
+    }
+}
+
+/// The keys of [`trigger_output`], in its order.
+const TRIGGER_KEYS: [&str; 12] = [
+    "file_path",
+    "event_type",
+    "alert_uuid",
+    "short_id",
+    "status",
+    "created_at",
+    "urgency",
+    "entity",
+    "alert_type",
+    "rule",
+    "last_seen_at",
+    "first_seen_at",
+];
+
+/// [`trigger_output`] of a [`RawAlert`] as a template value, each key derived from the alert
+/// only when a template reads it (the seed template reads one).
+struct TriggerNode {
+    alert: RawAlert,
+}
+
+impl fmt::Debug for TriggerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TriggerNode").finish_non_exhaustive()
+    }
+}
+
+impl TriggerNode {
+    /// The trigger's value of `key` (one of [`TRIGGER_KEYS`]), as [`trigger_output`] makes it.
+    fn derive(&self, key: &str) -> Option<Value> {
+        let a = &self.alert;
+        let json = |j: Json| JsonNode::value_of(Arc::new(j));
+        let field = |k: &str| a.field(k).unwrap_or_else(|| Value::from(()));
+        let sub = |k: &str, s: &str| a.sub_field(k, s).unwrap_or(Json::Null);
+        let name_uuid = |k: &str| {
+            let mut map = Map::new();
+            map.insert("name".into(), sub(k, "name"));
+            map.insert("uuid".into(), sub(k, "uuid"));
+            json(Json::Object(map))
+        };
+        Some(match key {
+            "file_path" => Value::from("alert.json"),
+            "event_type" => Value::from("alert"),
+            "alert_uuid" => field("uuid"),
+            "short_id" | "created_at" | "last_seen_at" | "first_seen_at" => field(key),
+            "status" | "rule" => name_uuid(key),
+            "urgency" => json(sub("urgency", "current_value")),
+            "entity" | "alert_type" => a
+                .field(key)
+                .unwrap_or_else(|| json(Json::Object(Map::new()))),
+            _ => return None,
+        })
+    }
+}
+
+impl Object for TriggerNode {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.derive(key.as_str()?)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&TRIGGER_KEYS)
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(TRIGGER_KEYS.len())
     }
 }
 
@@ -227,6 +293,9 @@ mod tests {
         let alert: Json =
             serde_json::from_str(include_str!("../tests/fixtures/alert_full.json")).unwrap();
         let lazy = JsonNode::value_of(Arc::new(alert.clone()));
+        let raw = RawAlert::parse(include_str!("../tests/fixtures/alert_full.json"))
+            .unwrap()
+            .value();
         let eager = Value::from(minijinja::value::Serde(&alert));
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -243,14 +312,110 @@ mod tests {
             "{{ a.ttps }}|{{ a.ttps[0].name }}|{{ a.stix | tojson }}|{% for t in a.ttps %}{{ loop.index }}{{ t }}{% endfor %}",
         ] {
             let tmpl = env.template_from_str(t).unwrap();
-            assert_eq!(
-                tmpl.render(minijinja::context! { a => lazy.clone() })
-                    .unwrap(),
-                tmpl.render(minijinja::context! { a => eager.clone() })
-                    .unwrap(),
-                "{t}"
-            );
+            let expected = tmpl
+                .render(minijinja::context! { a => eager.clone() })
+                .unwrap();
+            for (how, a) in [("tree", &lazy), ("text", &raw)] {
+                assert_eq!(
+                    tmpl.render(minijinja::context! { a => a.clone() }).unwrap(),
+                    expected,
+                    "{how}: {t}"
+                );
+            }
         }
+    }
+
+    /// Odd but valid JSON reads from its text as from serde_json's tree: a repeated key keeps
+    /// its first place and its last value, escaped keys and strings are unescaped, whitespace
+    /// anywhere, scalars and arrays at the top.
+    #[test]
+    fn odd_json_reads_from_its_text_like_from_the_tree() {
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Each document lacks most of the paths the templates try; they must read as undefined.
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        // A large object with repeated keys, and fields of unexpected types where the trigger
+        // output looks.
+        let big = format!(
+            "{{{}, \"k3\": \"last\", \"k0\": [0]}}",
+            (0..40)
+                .map(|i| format!("\"k{i}\": {i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let odd_types = r#"{"uuid": 7, "rule": ["r"], "status": {"name": {"x": 1}},
+            "urgency": {"current_value": {"deep": true}}, "entity": "just text",
+            "alert_type": null, "short_id": [1, 2], "last_seen_at": false}"#;
+        for doc in [
+            big.as_str(),
+            odd_types,
+            include_str!("../tests/fixtures/alert_full.json"),
+            r#"{"a": 1, "b": {"x": "1"}, "a": {"y": [1, 2.5, -3, 18446744073709551615]}}"#,
+            " {\n \"k\\\"ey\" : \"v\\u00e9\\n\\\"\" , \"\\u0041\": [ {\"z\" : null} , true ] } ",
+            r#"[{"rule": {"name": "r"}}, 2, "three"]"#,
+            r#""just a string""#,
+            "12.5e3",
+            "{}",
+            "[]",
+        ] {
+            let tree: Json = serde_json::from_str(doc).unwrap();
+            let raw = RawAlert::parse(doc).unwrap();
+            assert_eq!(raw.to_json(), tree, "{doc}");
+            for t in [
+                "{{ a }}",
+                "{{ a | tojson }}",
+                "{% for k in a %}{{ k }}:{{ a[k] | tojson }};{% endfor %}",
+                "{{ a.a.y[-1] }}|{{ a['k\"ey'] }}|{{ a.A[0].z is none }}|{{ a[0].rule.name }}",
+            ] {
+                let tmpl = env.template_from_str(t).unwrap();
+                // Some templates cannot render some documents (a loop over a number): the
+                // error must then be the same too.
+                let expected = tmpl
+                    .render(
+                        minijinja::context! { a => Value::from(minijinja::value::Serde(&tree)) },
+                    )
+                    .map_err(|e| e.kind());
+                let got = tmpl
+                    .render(minijinja::context! { a => raw.value() })
+                    .map_err(|e| e.kind());
+                assert_eq!(got, expected, "{doc} / {t}");
+            }
+            // The trigger output comes out the same from the text as from the tree.
+            let ctx = Context::from_raw(&raw);
+            let from_tree = Context::new(&tree);
+            for t in [
+                "{{ node.0 | tojson }}",
+                "{{ node.0 }}|{{ node.0 | length }}|{{ node.0.keys() | list }}",
+                "{% for k, v in trigger | items %}{{ k }}={{ v }};{% endfor %}",
+                "{{ node.0['alert_uuid'] }}|{{ node.0.rule.name }}|{{ trigger.entity }}|{{ trigger.urgency }}",
+                "{{ node.1 | tojson }}|{{ alert == node.1 }}|{{ trigger.nope is defined }}",
+            ] {
+                let t = env.template_from_str(t).unwrap();
+                assert_eq!(
+                    t.render(ctx.value()).map_err(|e| e.kind()),
+                    t.render(from_tree.value()).map_err(|e| e.kind()),
+                    "{doc}"
+                );
+            }
+        }
+        for bad in ["", "{", r#"{"a": }"#, "[1,]", "{} {}", "nul"] {
+            assert!(RawAlert::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn fields_parses_only_the_named_top_level_fields() {
+        let raw = RawAlert::parse(include_str!("../tests/fixtures/alert_full.json")).unwrap();
+        let tree = raw.to_json();
+        let got = raw.fields(&["rule", "urgency", "no_such_field"]);
+        assert_eq!(
+            got,
+            serde_json::json!({"rule": tree["rule"], "urgency": tree["urgency"]})
+        );
+        assert_eq!(
+            RawAlert::parse("[1]").unwrap().fields(&["rule"]),
+            serde_json::json!({})
+        );
     }
 
     #[test]

@@ -16,14 +16,18 @@
 //!   `jsonpath`, `time_with_delta`, `regex_match`, `fromjson`) plus `jsonstr`.
 //! - [`context`]: the render [`Context`] and [`trigger_output`], the exact payload Sekoia's
 //!   "Alert Created" trigger emits.
+//! - [`raw`]: [`RawAlert`], the alert read from its JSON text in place, one level at a
+//!   time, where templates and filters look.
 //! - [`error`]: [`CompileError`] and [`RenderError`].
 
 pub mod context;
 pub mod engine;
 pub mod error;
 pub mod filters;
+pub mod raw;
 pub mod structured;
 
 pub use context::{Context, trigger_output};
 pub use engine::{BodyTemplate, DEFAULT_FUEL, Engine, TextTemplate};
 pub use error::{CompileError, RenderError};
+pub use raw::RawAlert;

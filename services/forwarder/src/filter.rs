@@ -21,7 +21,23 @@ impl Filter {
         Self { cfg }
     }
 
-    /// `None` when `alert` passes, else the name of the condition that stopped it.
+    /// The top-level alert fields the conditions read (see [`alertsync_template::RawAlert::fields`]).
+    pub const READS: &'static [&'static str] =
+        &["urgency", "entity", "alert_type", "rule", "community_uuid"];
+
+    /// Whether no condition is set (every alert passes, nothing needs reading).
+    pub fn passes_all(&self) -> bool {
+        let c = &self.cfg;
+        c.min_urgency.is_none()
+            && c.entities.is_empty()
+            && c.alert_types.is_empty()
+            && c.rule_names.is_empty()
+            && c.exclude_rule_names.is_empty()
+            && c.communities.is_empty()
+    }
+
+    /// `None` when `alert` passes, else the name of the condition that stopped it. `alert`
+    /// needs only the fields in [`Filter::READS`].
     pub fn rejects(&self, alert: &Value) -> Option<&'static str> {
         let c = &self.cfg;
         let str_at = |p: &str| alert.pointer(p).and_then(Value::as_str);

@@ -24,10 +24,11 @@ use alertsync_jetstream::subjects::STAGE_FORWARD;
 use alertsync_jetstream::{Delivery, Gate, Handler, Outcome, Turn};
 use alertsync_proto::{Message as _, canonical_uuid, v1};
 use alertsync_telemetry::Metrics;
-use alertsync_template::Context;
+use alertsync_template::{Context, RawAlert};
 use tracing::Instrument;
 
 use crate::destination::{Attempt, Destination};
+use crate::filter::Filter;
 use crate::records::DeliveryRecords;
 
 /// NAK delay of a message held at a closed gate when the service shuts down.
@@ -152,8 +153,20 @@ impl Handler for ForwardHandler {
                 };
             }
         }
-        let alert: serde_json::Value = match serde_json::from_slice(&enriched.alert_json) {
-            Ok(v) => v,
+        // Read in place: only what the filter and the templates look at is ever parsed.
+        let text = match String::from_utf8(enriched.alert_json) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.dead(
+                    "poison",
+                    format!("poison: the alert body is not UTF-8: {}", e.utf8_error()),
+                    None,
+                    &uuid,
+                );
+            }
+        };
+        let alert = match RawAlert::parse(text) {
+            Ok(a) => a,
             Err(e) => {
                 return self.dead(
                     "poison",
@@ -163,13 +176,18 @@ impl Handler for ForwardHandler {
                 );
             }
         };
-        if let Some(filter) = self.dest.filter.rejects(&alert) {
+        let rejected = if self.dest.filter.passes_all() {
+            None
+        } else {
+            self.dest.filter.rejects(&alert.fields(Filter::READS))
+        };
+        if let Some(filter) = rejected {
             // Not for this destination: acked, counted, and never sent or dead-lettered.
             self.metrics.filtered(STAGE_FORWARD, name, filter);
             tracing::debug!(alert.uuid = %uuid, destination = %name, filter, "alert filtered out");
             return Outcome::Ack;
         }
-        let ctx = Context::from_json(alert);
+        let ctx = Context::from_raw(&alert);
         let rendered =
             tracing::info_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
                 .in_scope(|| self.dest.render(&ctx, &uuid));
