@@ -367,3 +367,31 @@ impl Object for RawNode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile nesting is refused with an error (serde_json's depth limit), never a stack
+    /// overflow; nesting within the limit reads fine.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        for open in ["[", "{\"a\":"] {
+            let deep = open.repeat(100_000);
+            assert!(RawAlert::parse(deep).is_err());
+        }
+        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+        let alert = RawAlert::parse(ok.clone()).unwrap();
+        assert_eq!(alert.to_json(), serde_json::from_str::<Json>(&ok).unwrap());
+        let mut env = minijinja::Environment::new();
+        env.set_recursion_limit(1000);
+        let t = env
+            .template_from_str("{{ a.a[0][0][0] | length }}")
+            .unwrap();
+        assert_eq!(
+            t.render(minijinja::context! { a => alert.value() })
+                .unwrap(),
+            "1"
+        );
+    }
+}
