@@ -184,7 +184,7 @@ impl Worker {
         }
         'pull: loop {
             // Wait for room before asking the server for anything.
-            let first = tokio::select! {
+            let mut first = tokio::select! {
                 _ = shutdown.cancelled() => break 'pull,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'pull },
             };
@@ -192,7 +192,6 @@ impl Worker {
                 None => Pull::Batch,
                 Some(gate) => gate.wait_pull(&shutdown).await,
             };
-            let mut first = first;
             let wanted = match pull {
                 Pull::Stop => break 'pull,
                 Pull::One => 1,
@@ -218,7 +217,7 @@ impl Worker {
                 }
             };
             // The batch's first messages use the permits gathered above, one each.
-            let mut held = Some(first);
+            let mut held = first;
             // Once requested, the batch is drained even during shutdown: messages the server
             // already sent would otherwise wait a whole ack wait before redelivery.
             while let Some(item) = batch.next().await {
@@ -229,7 +228,7 @@ impl Worker {
                         break;
                     }
                 };
-                let permit = match held.as_mut().and_then(|h| h.split(1)) {
+                let permit = match held.split(1) {
                     Some(p) => p,
                     None => match permits.clone().acquire_owned().await {
                         Ok(p) => p,

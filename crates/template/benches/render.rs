@@ -1,15 +1,13 @@
 //! Rendering the seed's main template for one alert, as the forwarder does for every message.
 //!
-//! - `context/new`: building the render context from a parsed Get Alert body (once per alert;
-//!   a copy of the body, read in place by templates).
+//! - `context/new`: building the render context from a parsed Get Alert body, as the CLI does
+//!   (the body is written back to text and its top level indexed).
 //! - `render/structured`: the seed template as configured: its text is JSON, so each templated
 //!   string is rendered on its own and JSON-escaped, and the output is checked to be JSON.
 //! - `render/plain`: the same template forced to plain rendering (a leading Jinja comment
 //!   makes the text not JSON): one pass of minijinja, then the JSON check.
 //! - `per_alert/forwarder`: what the forwarder does per message from the alert text: check
 //!   it and index its top level ([`RawAlert`]), build the context, render structured.
-//! - `per_alert/tree`: the same from a parsed `serde_json::Value` tree (how the forwarder did
-//!   it before reading the text in place).
 //! - `per_alert/hand_built`: the benchmark ceiling's equivalent: a typed parse of the two
 //!   fields and a `format!` (the floor for this work).
 //!
@@ -66,12 +64,6 @@ fn render(c: &mut Criterion) {
         b.iter(|| {
             let alert = RawAlert::parse(black_box(ALERT)).unwrap();
             structured.render(&Context::from_raw(&alert)).unwrap()
-        })
-    });
-    g.bench_function("tree", |b| {
-        b.iter(|| {
-            let alert: serde_json::Value = serde_json::from_slice(black_box(bytes)).unwrap();
-            structured.render(&Context::from_json(alert)).unwrap()
         })
     });
     g.bench_function("hand_built", |b| {

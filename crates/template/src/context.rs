@@ -8,10 +8,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use minijinja::Value;
-use minijinja::value::{Enumerator, Object, ObjectRepr};
+use minijinja::value::{Enumerator, Object};
 use serde_json::{Map, Value as Json};
 
-use crate::raw::{RawAlert, scalar_value};
+use crate::raw::RawAlert;
 
 /// The variables a template sees: `node` = `[trigger output, alert]`, and the same two
 /// values as `trigger` and `alert`. Build it once per alert and reuse it for every template
@@ -22,26 +22,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// Builds the context from a Get Alert body, deriving the trigger output with
-    /// [`trigger_output`].
+    /// Builds the context from a parsed Get Alert body, deriving the trigger output as
+    /// [`trigger_output`] does. It reads the alert like [`Context::from_raw`] (from its text),
+    /// so templates see the same values whichever way the alert arrives.
     pub fn new(alert: &Json) -> Context {
-        Context::from_json(alert.clone())
+        Context::from_raw(&RawAlert::from_json(alert))
     }
 
-    /// [`Context::new`] from an owned Get Alert body, without copying it: templates read the
-    /// JSON in place, and only the parts they touch become template values. Converting the
-    /// whole alert up front was most of the forwarder's CPU per message (BENCHMARKS.md).
-    pub fn from_json(alert: Json) -> Context {
-        let trigger = JsonNode::value_of(Arc::new(trigger_output(&alert)));
-        let alert = JsonNode::value_of(Arc::new(alert));
-        let node = Value::from(vec![trigger.clone(), alert.clone()]);
-        Context {
-            value: minijinja::context! { node, trigger, alert },
-        }
-    }
-
-    /// [`Context::new`] from the alert's text read in place ([`RawAlert`]): only the fields
-    /// templates look up are ever parsed.
+    /// The context of the alert's text read in place ([`RawAlert`]): only the fields
+    /// templates look up are ever parsed. Converting the whole alert up front was most of the
+    /// forwarder's CPU per message (BENCHMARKS.md).
     pub fn from_raw(alert: &RawAlert) -> Context {
         let trigger = Value::from_object(TriggerNode {
             alert: alert.clone(),
@@ -62,103 +52,6 @@ impl fmt::Debug for Context {
     // The alert can be large; its content is not useful in a Debug dump.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context").finish_non_exhaustive()
-    }
-}
-
-/// One step from a JSON node to a child.
-#[derive(Debug, Clone)]
-enum Step {
-    Key(Arc<str>),
-    Index(usize),
-}
-
-/// A JSON object or array as a template value, read in place: a child becomes a template
-/// value only when a template looks it up. Scalars convert as minijinja's serde conversion
-/// converts them, so templates see the same values either way.
-#[derive(Debug)]
-struct JsonNode {
-    root: Arc<Json>,
-    path: Vec<Step>,
-}
-
-impl JsonNode {
-    /// `json` as a template value: scalars directly, objects and arrays lazily.
-    fn value_of(root: Arc<Json>) -> Value {
-        JsonNode::child(&root, Vec::new())
-    }
-
-    fn child(root: &Arc<Json>, path: Vec<Step>) -> Value {
-        let node = JsonNode {
-            root: root.clone(),
-            path,
-        };
-        match node.node() {
-            Json::Object(_) | Json::Array(_) => Value::from_object(node),
-            scalar => scalar_value(scalar),
-        }
-    }
-
-    fn node(&self) -> &Json {
-        let mut node = &*self.root;
-        for step in &self.path {
-            node = match (node, step) {
-                (Json::Object(m), Step::Key(k)) => &m[&**k],
-                (Json::Array(a), Step::Index(i)) => &a[*i],
-                // Paths are only built from lookups that succeeded on this same tree.
-                _ => unreachable!("a JsonNode path always leads to an existing node"),
-            };
-        }
-        node
-    }
-
-    fn step(&self, step: Step) -> Value {
-        let mut path = self.path.clone();
-        path.push(step);
-        JsonNode::child(&self.root, path)
-    }
-}
-
-impl Object for JsonNode {
-    fn repr(self: &Arc<Self>) -> ObjectRepr {
-        match self.node() {
-            Json::Array(_) => ObjectRepr::Seq,
-            _ => ObjectRepr::Map,
-        }
-    }
-
-    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        match self.node() {
-            Json::Object(m) => {
-                let (k, _) = m.get_key_value(key.as_str()?)?;
-                Some(self.step(Step::Key(Arc::from(k.as_str()))))
-            }
-            Json::Array(a) => {
-                let i = i64::try_from(key.clone()).ok()?;
-                // Python-style negative indices, as minijinja's own lists have.
-                let i = if i < 0 { i + a.len() as i64 } else { i };
-                let i = usize::try_from(i).ok().filter(|i| *i < a.len())?;
-                Some(self.step(Step::Index(i)))
-            }
-            _ => None,
-        }
-    }
-
-    fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.node() {
-            Json::Object(m) => {
-                Enumerator::Values(m.keys().map(|k| Value::from(k.as_str())).collect())
-            }
-            Json::Array(a) => Enumerator::Seq(a.len()),
-            _ => Enumerator::Empty,
-        }
-    }
-
-    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        match self.node() {
-            Json::Object(m) => Some(m.len()),
-            Json::Array(a) => Some(a.len()),
-            _ => Some(0),
-        }
     }
 }
 
@@ -194,7 +87,8 @@ impl TriggerNode {
     /// The trigger's value of `key` (one of [`TRIGGER_KEYS`]), as [`trigger_output`] makes it.
     fn derive(&self, key: &str) -> Option<Value> {
         let a = &self.alert;
-        let json = |j: Json| JsonNode::value_of(Arc::new(j));
+        // Small values built here (two-key maps, one sub-field) convert whole.
+        let json = |j: Json| Value::from(minijinja::value::Serde(&j));
         let field = |k: &str| a.field(k).unwrap_or_else(|| Value::from(()));
         let sub = |k: &str, s: &str| a.sub_field(k, s).unwrap_or(Json::Null);
         let name_uuid = |k: &str| {
@@ -287,53 +181,75 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Renders each of `templates` with `got` and with `expected` (both template contexts)
+    /// and asserts the same output, or the same kind of error when a template cannot render
+    /// (a loop over a number, say).
+    fn assert_renders_alike(
+        env: &minijinja::Environment,
+        templates: &[&str],
+        got: Value,
+        expected: Value,
+        what: &str,
+    ) {
+        for t in templates {
+            let tmpl = env.template_from_str(t).unwrap();
+            assert_eq!(
+                tmpl.render(&got).map_err(|e| e.kind()),
+                tmpl.render(&expected).map_err(|e| e.kind()),
+                "{what} / {t}"
+            );
+        }
+    }
+
+    /// The context of an alert as minijinja's serde conversion makes it, whole and eager: the
+    /// reference the lazy reading must match.
+    fn eager_context(alert: &Json) -> Value {
+        let trigger = Value::from(minijinja::value::Serde(&trigger_output(alert)));
+        let alert = Value::from(minijinja::value::Serde(&alert));
+        let node = Value::from(vec![trigger.clone(), alert.clone()]);
+        minijinja::context! { node, trigger, alert }
+    }
+
+    fn environment() -> minijinja::Environment<'static> {
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Documents lack most of the paths the templates try; they must read as undefined.
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        env
+    }
+
     /// Templates see the same values whether the alert is read in place or converted whole.
     #[test]
     fn reading_the_alert_in_place_renders_like_converting_it_whole() {
-        let alert: Json =
-            serde_json::from_str(include_str!("../tests/fixtures/alert_full.json")).unwrap();
-        let lazy = JsonNode::value_of(Arc::new(alert.clone()));
-        let raw = RawAlert::parse(include_str!("../tests/fixtures/alert_full.json"))
-            .unwrap()
-            .value();
-        let eager = Value::from(minijinja::value::Serde(&alert));
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        for t in [
-            "{{ a }}",
-            "{{ a | tojson }}",
-            "{{ a.rule }}|{{ a['rule']['name'] }}|{{ a.rule.missing }}|{{ a.nope is defined }}",
-            "{{ a | length }}|{{ a.keys() | list }}|{% for k, v in a | items %}{{ k }}={{ v }};{% endfor %}",
-            "{{ a.urgency.current_value + 1 }}|{{ a.urgency.current_value is number }}",
-            "{{ a.entity is mapping }}|{{ 'rule' in a }}|{{ a.rule == a['rule'] }}",
-            "{% for x in a.values() %}{{ x is mapping }}{% endfor %}",
-            "{{ a.assets }}|{{ a.assets | length }}|{{ a.assets[0] }}|{{ a.assets[-1] }}|{{ a.assets[99] is defined }}",
-            "{{ a.alert_type | dictsort }}",
-            "{{ a.ttps }}|{{ a.ttps[0].name }}|{{ a.stix | tojson }}|{% for t in a.ttps %}{{ loop.index }}{{ t }}{% endfor %}",
-        ] {
-            let tmpl = env.template_from_str(t).unwrap();
-            let expected = tmpl
-                .render(minijinja::context! { a => eager.clone() })
-                .unwrap();
-            for (how, a) in [("tree", &lazy), ("text", &raw)] {
-                assert_eq!(
-                    tmpl.render(minijinja::context! { a => a.clone() }).unwrap(),
-                    expected,
-                    "{how}: {t}"
-                );
-            }
-        }
+        let text = include_str!("../tests/fixtures/alert_full.json");
+        let alert: Json = serde_json::from_str(text).unwrap();
+        assert_renders_alike(
+            &environment(),
+            &[
+                "{{ a }}",
+                "{{ a | tojson }}",
+                "{{ a.rule }}|{{ a['rule']['name'] }}|{{ a.rule.missing }}|{{ a.nope is defined }}",
+                "{{ a | length }}|{{ a.keys() | list }}|{% for k, v in a | items %}{{ k }}={{ v }};{% endfor %}",
+                "{{ a.urgency.current_value + 1 }}|{{ a.urgency.current_value is number }}",
+                "{{ a.entity is mapping }}|{{ 'rule' in a }}|{{ a.rule == a['rule'] }}",
+                "{% for x in a.values() %}{{ x is mapping }}{% endfor %}",
+                "{{ a.assets }}|{{ a.assets | length }}|{{ a.assets[0] }}|{{ a.assets[-1] }}|{{ a.assets[99] is defined }}",
+                "{{ a.alert_type | dictsort }}",
+                "{{ a.ttps }}|{{ a.ttps[0].name }}|{{ a.stix | tojson }}|{% for t in a.ttps %}{{ loop.index }}{{ t }}{% endfor %}",
+            ],
+            minijinja::context! { a => RawAlert::parse(text).unwrap().value() },
+            minijinja::context! { a => Value::from(minijinja::value::Serde(&alert)) },
+            "alert_full.json",
+        );
     }
 
     /// Odd but valid JSON reads from its text as from serde_json's tree: a repeated key keeps
     /// its first place and its last value, escaped keys and strings are unescaped, whitespace
-    /// anywhere, scalars and arrays at the top.
+    /// anywhere, scalars and arrays at the top. The trigger output derived key by key matches
+    /// [`trigger_output`], whether the context comes from the text or from a parsed alert.
     #[test]
     fn odd_json_reads_from_its_text_like_from_the_tree() {
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        // Each document lacks most of the paths the templates try; they must read as undefined.
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        let env = environment();
         // A large object with repeated keys, and fields of unexpected types where the trigger
         // output looks.
         let big = format!(
@@ -361,40 +277,35 @@ mod tests {
             let tree: Json = serde_json::from_str(doc).unwrap();
             let raw = RawAlert::parse(doc).unwrap();
             assert_eq!(raw.to_json(), tree, "{doc}");
-            for t in [
-                "{{ a }}",
-                "{{ a | tojson }}",
-                "{% for k in a %}{{ k }}:{{ a[k] | tojson }};{% endfor %}",
-                "{{ a.a.y[-1] }}|{{ a['k\"ey'] }}|{{ a.A[0].z is none }}|{{ a[0].rule.name }}",
-            ] {
-                let tmpl = env.template_from_str(t).unwrap();
-                // Some templates cannot render some documents (a loop over a number): the
-                // error must then be the same too.
-                let expected = tmpl
-                    .render(
-                        minijinja::context! { a => Value::from(minijinja::value::Serde(&tree)) },
-                    )
-                    .map_err(|e| e.kind());
-                let got = tmpl
-                    .render(minijinja::context! { a => raw.value() })
-                    .map_err(|e| e.kind());
-                assert_eq!(got, expected, "{doc} / {t}");
-            }
-            // The trigger output comes out the same from the text as from the tree.
-            let ctx = Context::from_raw(&raw);
-            let from_tree = Context::new(&tree);
-            for t in [
-                "{{ node.0 | tojson }}",
-                "{{ node.0 }}|{{ node.0 | length }}|{{ node.0.keys() | list }}",
-                "{% for k, v in trigger | items %}{{ k }}={{ v }};{% endfor %}",
-                "{{ node.0['alert_uuid'] }}|{{ node.0.rule.name }}|{{ trigger.entity }}|{{ trigger.urgency }}",
-                "{{ node.1 | tojson }}|{{ alert == node.1 }}|{{ trigger.nope is defined }}",
-            ] {
-                let t = env.template_from_str(t).unwrap();
-                assert_eq!(
-                    t.render(ctx.value()).map_err(|e| e.kind()),
-                    t.render(from_tree.value()).map_err(|e| e.kind()),
-                    "{doc}"
+            assert_renders_alike(
+                &env,
+                &[
+                    "{{ a }}",
+                    "{{ a | tojson }}",
+                    "{% for k in a %}{{ k }}:{{ a[k] | tojson }};{% endfor %}",
+                    "{{ a.a.y[-1] }}|{{ a['k\"ey'] }}|{{ a.A[0].z is none }}|{{ a[0].rule.name }}",
+                ],
+                minijinja::context! { a => raw.value() },
+                minijinja::context! { a => Value::from(minijinja::value::Serde(&tree)) },
+                doc,
+            );
+            let contexts = [
+                ("text", Context::from_raw(&raw)),
+                ("parsed", Context::new(&tree)),
+            ];
+            for (how, ctx) in contexts {
+                assert_renders_alike(
+                    &env,
+                    &[
+                        "{{ node.0 | tojson }}",
+                        "{{ node.0 }}|{{ node.0 | length }}|{{ node.0.keys() | list }}",
+                        "{% for k, v in trigger | items %}{{ k }}={{ v }};{% endfor %}",
+                        "{{ node.0['alert_uuid'] }}|{{ node.0.rule.name }}|{{ trigger.entity }}|{{ trigger.urgency }}",
+                        "{{ node.1 | tojson }}|{{ alert == node.1 }}|{{ trigger.nope is defined }}",
+                    ],
+                    ctx.value().clone(),
+                    eager_context(&tree),
+                    &format!("{how}: {doc}"),
                 );
             }
         }

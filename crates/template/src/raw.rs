@@ -46,49 +46,55 @@ impl RawAlert {
         let doc: Arc<str> = text.into();
         // Indexing an object or array checks every value's syntax on the way (a raw value is
         // scanned in full); anything else is checked by a scan that builds nothing.
-        let root = match Node::try_index(&doc, 0..doc.len()) {
-            Ok(root @ (Node::Object(_) | Node::Array(_))) => root,
-            Ok(Node::Scalar) => {
+        let root = match Node::try_index(&doc, 0..doc.len())? {
+            Node::Scalar => {
                 serde_json::from_str::<IgnoredAny>(&doc)?;
                 Node::Scalar
             }
-            Err(e) => return Err(e),
+            root => root,
         };
         Ok(RawAlert { doc, root })
+    }
+
+    /// A parsed alert, written back to text to be read the same way (for the CLI and tests;
+    /// the forwarder has the text already).
+    pub fn from_json(alert: &Json) -> RawAlert {
+        // serde_json writes valid JSON for any value, so indexing it cannot fail.
+        let doc: Arc<str> = alert.to_string().into();
+        let root = Node::index(&doc, 0..doc.len());
+        RawAlert { doc, root }
+    }
+
+    /// The range of the top-level field `key`, if the document is an object that has it.
+    fn top(&self, key: &str) -> Option<Range<usize>> {
+        match &self.root {
+            Node::Object(entries) => entries.get(&self.doc, key),
+            _ => None,
+        }
     }
 
     /// The top-level fields named in `keys` that exist, parsed, as one JSON object (any other
     /// field left out). What [`crate::trigger_output`] and the forwarder's filters read, at
     /// the cost of parsing only those fields. A document that is not an object gives `{}`.
     pub fn fields(&self, keys: &[&str]) -> Json {
-        let mut out = serde_json::Map::new();
-        if let Node::Object(index) = &self.root {
-            for key in keys {
-                if let Some(range) = index.get(&self.doc, key) {
-                    out.insert((*key).to_string(), parse_json(&self.doc, range));
-                }
-            }
-        }
+        let out = keys
+            .iter()
+            .filter_map(|key| Some((key.to_string(), parse_json(&self.doc, self.top(key)?))))
+            .collect();
         Json::Object(out)
     }
 
     /// The top-level field `key` as a template value (read lazily), if the document is an
     /// object that has it.
     pub(crate) fn field(&self, key: &str) -> Option<Value> {
-        let Node::Object(entries) = &self.root else {
-            return None;
-        };
-        let range = entries.get(&self.doc, key)?;
+        let range = self.top(key)?;
         let node = Node::index(&self.doc, range.clone());
         Some(RawNode::value_of(&self.doc, node, range))
     }
 
     /// `key.sub` parsed, as `alert.get(key).and_then(|p| p.get(sub))` reads the tree.
     pub(crate) fn sub_field(&self, key: &str, sub: &str) -> Option<Json> {
-        let Node::Object(entries) = &self.root else {
-            return None;
-        };
-        let Node::Object(inner) = Node::index(&self.doc, entries.get(&self.doc, key)?) else {
+        let Node::Object(inner) = Node::index(&self.doc, self.top(key)?) else {
             return None;
         };
         Some(parse_json(&self.doc, inner.get(&self.doc, sub)?))
@@ -107,7 +113,7 @@ impl RawAlert {
 
 /// One level of a document: what is known of a value without parsing its children.
 #[derive(Clone)]
-pub(crate) enum Node {
+enum Node {
     /// Entries in document order, repeated keys included.
     Object(Arc<Entries>),
     /// Byte ranges of the elements.
@@ -126,7 +132,7 @@ enum Key {
 ///
 /// Objects are small and read a few keys each, so a lookup scans the entries rather than
 /// hashing: building a map was most of the cost of reading an alert this way.
-pub(crate) struct Entries(Vec<(Key, Range<usize>)>);
+struct Entries(Vec<(Key, Range<usize>)>);
 
 impl Entries {
     fn key<'a>(doc: &'a str, key: &'a Key) -> &'a str {
@@ -305,7 +311,7 @@ impl RawNode {
 
 /// A JSON scalar as minijinja's serde conversion makes it, so templates see the same values
 /// whichever way the alert is read.
-pub(crate) fn scalar_value(json: &Json) -> Value {
+fn scalar_value(json: &Json) -> Value {
     match json {
         Json::Null => Value::from(()),
         Json::Bool(b) => Value::from(*b),
@@ -319,6 +325,7 @@ pub(crate) fn scalar_value(json: &Json) -> Value {
             }
         }
         Json::String(s) => Value::from(s.as_str()),
+        // Not reached: objects and arrays are RawNodes.
         other => Value::from(minijinja::value::Serde(other)),
     }
 }
