@@ -4,10 +4,15 @@
 //! in a client-side buffer: on shutdown it stops pulling, lets in-flight handlers finish and
 //! returns, leaving nothing for the server to redeliver. The handler's [`Outcome`] picks the
 //! acknowledgement:
-//! - [`Outcome::Ack`] → double ack (the server confirms it, so a lost ack cannot redeliver);
+//! - [`Outcome::Ack`] → ack. A plain one: the server's confirmation of a double ack would cost a
+//!   round trip per message and buy nothing, because an ack that is lost (the connection
+//!   dropped) is answered the same way either way: the server redelivers after the ack wait,
+//!   and every stage's handler makes a redelivery harmless (message ids, delivery records).
+//!   On shutdown the loop makes one request to the server after the last ack; the server
+//!   reads a connection's messages in order, so its answer means it has every ack;
 //! - [`Outcome::Retry`] → NAK with that delay (computed from the delivery count, so every
 //!   replica computes the same);
-//! - [`Outcome::DeadLetter`] → publish a `DeadLetter`, await its ack, then ack. If the
+//! - [`Outcome::DeadLetter`] → publish a `DeadLetter`, await its publish ack, then ack. If the
 //!   dead-letter publish fails the message is NAKed instead: never dropped.
 //!
 //! A worker may have a [`Gate`]: while it is closed the loop pulls nothing (or one message
@@ -262,7 +267,18 @@ impl Worker {
         }
         tracker.close();
         tracker.wait().await;
-        tracing::info!(worker = %name, "worker stopped");
+        // Acks are not confirmed one by one. The server reads a connection's messages in order,
+        // so its answer to this request, sent after all of them, means it has every ack (it
+        // processes a received ack even if the connection closes right after).
+        let mut consumer = self.consumer;
+        match consumer.info().await {
+            Ok(_) => tracing::info!(worker = %name, "worker stopped"),
+            Err(e) => tracing::warn!(
+                worker = %name,
+                error = %e,
+                "worker stopped, but the server did not answer after the last acks: unacknowledged messages come back after the ack wait"
+            ),
+        }
     }
 }
 
@@ -332,7 +348,7 @@ async fn pause(shutdown: &CancellationToken) {
 
 async fn settle(name: &str, d: &Delivery, outcome: Outcome, dead_letters: &DeadLetters) {
     let result = match outcome {
-        Outcome::Ack => d.message.double_ack().await,
+        Outcome::Ack => d.message.ack().await,
         Outcome::Retry { after } => d.message.ack_with(AckKind::Nak(Some(after))).await,
         Outcome::DeadLetter {
             reason,
@@ -350,7 +366,7 @@ async fn settle(name: &str, d: &Delivery, outcome: Outcome, dead_letters: &DeadL
                     attempts = d.delivered,
                     "dead-lettered"
                 );
-                d.message.double_ack().await
+                d.message.ack().await
             }
             Err(e) => {
                 tracing::error!(worker = %name, error = %e, "dead-letter publish failed; will retry the message");
@@ -361,7 +377,8 @@ async fn settle(name: &str, d: &Delivery, outcome: Outcome, dead_letters: &DeadL
         },
     };
     if let Err(e) = result {
-        // The server will redeliver after the ack wait; handlers are idempotent.
+        // Could not even be queued (the client is closing): the server will redeliver after
+        // the ack wait, and handlers are idempotent.
         tracing::warn!(worker = %name, error = %e, "acknowledgement failed");
     }
 }

@@ -187,7 +187,7 @@ pub fn service_main<F, Fut>(
 ) -> std::process::ExitCode
 where
     F: FnOnce(alertsync_config::Config, CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     use clap::Parser as _;
     let args = ServiceArgs::parse();
@@ -210,7 +210,12 @@ where
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         shutdown_on_signal(shutdown.clone());
-        run(config, shutdown).await
+        // On a worker thread, not on this one: a loop awaited here (the enricher's pull loop)
+        // would otherwise hand every message over to the workers across threads.
+        match tokio::spawn(run(config, shutdown)).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the service stopped unexpectedly: {e}")),
+        }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
