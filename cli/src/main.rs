@@ -53,6 +53,9 @@ enum Command {
     Dlq(dlq::DlqArgs),
 }
 
+#[global_allocator]
+static ALLOC: alertsync_runtime::Allocator = alertsync_runtime::Allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

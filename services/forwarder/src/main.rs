@@ -1,5 +1,8 @@
 //! `alertsync-forwarder --config alertsync.toml`: delivers enriched alerts to destinations.
 
+#[global_allocator]
+static ALLOC: alertsync_runtime::Allocator = alertsync_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     alertsync_runtime::service_main(
         "alertsync-forwarder",

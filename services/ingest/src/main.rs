@@ -1,5 +1,8 @@
 //! `alertsync-ingest --config alertsync.toml`: the webhook source.
 
+#[global_allocator]
+static ALLOC: alertsync_runtime::Allocator = alertsync_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     alertsync_runtime::service_main(
         "alertsync-ingest",
