@@ -78,8 +78,14 @@ pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
         .event_format(LineFormat { json })
         .with_filter(filter);
     // Spans reach OpenTelemetry whatever RUST_LOG says: filtering is for log lines.
+    // Without busy/idle time (two clock reads and a span-extension update on every poll of
+    // an instrumented future) and thread attributes (a string per span): per alert, the
+    // spans' own cost is what a trace adds to the hot path, and neither attribute tells
+    // anything an async service's span duration does not.
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let installed = tracing_subscriber::registry()
         .with(otel_layer)
