@@ -5,8 +5,11 @@
 //! KV bucket `<PREFIX>_DELIVERED` (kept `forwarder.delivery_record_max_age`), and it skips an
 //! alert whose record exists. The only window left is between the 2xx and the record (a crash,
 //! or NATS unreachable right then); the `Idempotency-Key` header covers it for receivers that
-//! honour it. Deliveries made by this process are also remembered in memory, so a record that
-//! could not be written while NATS was away still stops a redelivery to the same process.
+//! honour it. A delivery whose record could not be written (NATS away) is remembered in memory
+//! instead, so that it still stops a redelivery to the same process, and its record is written
+//! when that redelivery comes. Only those: remembering every delivery cost about 175 bytes
+//! each, which over 100 000 deliveries made the forwarder's memory grow by 17 MiB per
+//! destination.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use alertsync_jetstream::async_nats::jetstream::kv;
 
-/// Deliveries remembered in memory per destination (about 100 bytes each).
+/// Unrecorded deliveries remembered in memory per destination (about 175 bytes each).
 const RECENT_CAPACITY: usize = 100_000;
 /// Attempts to write a record before giving up (the delivery itself already happened).
 const RECORD_ATTEMPTS: u32 = 3;
@@ -100,13 +103,10 @@ impl DeliveryRecords {
     }
 
     /// Records that `alert_uuid` was delivered (answered `status` on attempt `attempt`).
-    /// Returns whether the record reached NATS; it is remembered in memory either way.
+    /// Returns whether the record reached NATS; when it did not, the delivery is remembered in
+    /// memory instead.
     pub async fn record(&self, alert_uuid: &str, status: u16, attempt: u32) -> bool {
         let key = self.key(alert_uuid);
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
         let value = value(status, attempt);
         for n in 1..=RECORD_ATTEMPTS {
             match self.store.put(&key, value.clone().into()).await {
@@ -120,6 +120,11 @@ impl DeliveryRecords {
                 }
             }
         }
+        // Before the ack goes: the redelivery that a lost ack would bring is then skipped.
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
         false
     }
 }
