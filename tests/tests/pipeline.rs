@@ -337,6 +337,61 @@ async fn the_same_alert_announced_twice_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn an_alert_published_before_the_duplicate_window_is_still_a_duplicate() {
+    let p = Pipeline::start(&destination("soar", "/soar", MAIN_TEMPLATE)).await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    p.sekoia.insert_alert(alertsync_standins::alerts::new_alert(
+        &uuid,
+        &alertsync_standins::alerts::random_short_id(),
+        "rule",
+        "title",
+    ));
+    // Published long ago, as far as JetStream's duplicate window knows: on the alert's subject
+    // but without the message id the window matches, so only the created stream's own record
+    // of the alert can recognise a second sighting.
+    let old = alertsync_proto::v1::AlertCreated {
+        alert_uuid: uuid.clone(),
+        source: alertsync_proto::v1::Source::Poll as i32,
+        ..Default::default()
+    };
+    p.js.publish(
+        p.subjects().created(&uuid),
+        alertsync_proto::Message::encode_to_vec(&old).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    assert!(
+        p.receiver
+            .wait_until(SOON, |reqs| uuids_in(reqs, "alert_short_id")
+                .contains(&uuid))
+            .await
+    );
+    // Seen again, by two sources.
+    let live = json!({"metadata": {"version": 2}, "type": "alert", "action": "created",
+                      "attributes": {"uuid": uuid, "short_id": "ALq7Rt2mXw9K"}});
+    for body in [json!({"alert_uuid": uuid}), live] {
+        let (s, b) = p
+            .post_raw(serde_json::to_vec(&body).unwrap(), Some(WEBHOOK_TOKEN))
+            .await;
+        assert_eq!(s, 202, "{b}");
+        assert_eq!(b["duplicate"], true, "{b}");
+    }
+    let marker = p.send_alert("rule", "marker").await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |reqs| uuids_in(reqs, "alert_short_id")
+                .contains(&marker))
+            .await
+    );
+    let got = uuids_in(&p.receiver.requests(), "alert_short_id");
+    assert_eq!(got.iter().filter(|u| **u == uuid).count(), 1, "{got:?}");
+    assert_eq!(p.created_count().await, 2, "nothing stored for the repeats");
+    p.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_destination_failing_forever_does_not_delay_another() {
     let dests = destination("dead", "/dead", MAIN_TEMPLATE)
         + &destination("alive", "/alive", MAIN_TEMPLATE);

@@ -118,7 +118,8 @@ pub struct NatsConfig {
     /// Replicas of every stream the services create (1, or 3 on a 3-node cluster).
     #[serde(default = "one")]
     pub stream_replicas: usize,
-    /// How long alerts are kept in the created/enriched streams.
+    /// How long alerts are kept in the created/enriched streams; also how long an alert uuid is
+    /// remembered as published (the ingest's dedup across sources and restarts).
     #[serde(default = "seven_days")]
     pub stream_max_age: Duration,
     /// How long dead-letter entries are kept.
@@ -188,9 +189,10 @@ pub struct IngestConfig {
     /// How far back the poller looks on its very first run.
     #[serde(default = "one_hour")]
     pub poll_lookback: Duration,
-    /// How long an alert uuid is remembered as already published, across sources and restarts.
-    #[serde(default = "seven_days")]
-    pub seen_retention: Duration,
+    /// Removed: an alert uuid is remembered as published for as long as the created stream
+    /// keeps the alert (`nats.stream_max_age`). Accepted only to name it in a startup error.
+    #[serde(default)]
+    pub seen_retention: Option<Duration>,
 }
 
 impl IngestConfig {
@@ -598,6 +600,14 @@ impl Config {
                                     .into(),
                             );
                         }
+                        if i.seen_retention.is_some() {
+                            problems.push(
+                                "ingest.seen_retention: no longer used: an alert is remembered \
+                                 as published for as long as the created stream keeps it; set \
+                                 nats.stream_max_age instead and remove this line"
+                                    .into(),
+                            );
+                        }
                         if i.live_idle_timeout.get() < std::time::Duration::from_secs(25) {
                             problems.push(
                                 "ingest.live_idle_timeout: must be at least 25s (pings go every 20s)"
@@ -1002,6 +1012,19 @@ json = '''{"alert_short_id":"{{ node.0['alert_uuid'] }}", "rule_name":"{{ node.1
             .to_string();
         assert!(msg.contains("destinations[0] (so.ar).name"), "{msg}");
         assert!(msg.contains("nats.prefix"), "{msg}");
+    }
+
+    #[test]
+    fn the_removed_seen_retention_is_named_with_what_replaces_it() {
+        let text = ISSUE_EXAMPLE.replace("[ingest]", "[ingest]\nseen_retention = \"30d\"");
+        assert_ne!(text, ISSUE_EXAMPLE);
+        let msg = Config::parse(&text, &env, &[Stage::Ingest])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ingest.seen_retention"), "{msg}");
+        assert!(msg.contains("nats.stream_max_age"), "{msg}");
+        // The other stages do not read [ingest]'s dedup: they still start.
+        assert!(Config::parse(&text, &env, &[Stage::Forwarder]).is_ok());
     }
 
     #[test]

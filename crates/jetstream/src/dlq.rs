@@ -4,7 +4,7 @@
 //! Replay republishes the entry's original payload to the stage that failed, as a new message
 //! (so it starts over with fresh attempts), and deletes the entry once JetStream acknowledged
 //! the republish:
-//! - an `enrich` entry goes back to `<prefix>.alerts.created.<community>`;
+//! - an `enrich` entry goes back to the created subject it came from;
 //! - a `forward` entry goes to `<prefix>.replay.forward.<destination>`, which only that
 //!   destination's consumer reads, so no other destination gets it a second time.
 //!

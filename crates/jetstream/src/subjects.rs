@@ -8,8 +8,8 @@ pub struct Subjects {
     stream_base: String,
 }
 
-/// Subject token used when an alert's community is not known.
-pub const UNKNOWN_COMMUNITY: &str = "unknown";
+/// Subject token used when an alert's community (or uuid) is not known or not a uuid.
+pub const UNKNOWN_TOKEN: &str = "unknown";
 
 /// Stage name of the enricher in dead-letter subjects.
 pub const STAGE_ENRICH: &str = "enrich";
@@ -35,22 +35,16 @@ impl Subjects {
         &self.prefix
     }
 
-    /// `<prefix>.alerts.created.<community>`; `community` must be a uuid or empty.
-    pub fn created(&self, community: &str) -> String {
-        format!(
-            "{}.alerts.created.{}",
-            self.prefix,
-            community_token(community)
-        )
+    /// `<prefix>.alerts.created.<alert uuid>`: one subject per alert, so that the created
+    /// stream is itself the record of which alerts were published (see
+    /// [`crate::publish::publish_first`]). Anything but a uuid maps to `unknown`.
+    pub fn created(&self, alert_uuid: &str) -> String {
+        format!("{}.alerts.created.{}", self.prefix, uuid_token(alert_uuid))
     }
 
     /// `<prefix>.alerts.enriched.<community>`.
     pub fn enriched(&self, community: &str) -> String {
-        format!(
-            "{}.alerts.enriched.{}",
-            self.prefix,
-            community_token(community)
-        )
+        format!("{}.alerts.enriched.{}", self.prefix, uuid_token(community))
     }
 
     /// `<prefix>.dlq.<stage>[.<destination>]`.
@@ -120,18 +114,18 @@ impl Subjects {
     }
 }
 
-/// Communities are uuids by the time they get here; anything else (or nothing) maps to
-/// `unknown`, so hostile input can never inject `.`, `*` or `>` into a subject.
-fn community_token(community: &str) -> &str {
-    if !community.is_empty()
-        && community.len() <= 64
-        && community
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-')
-    {
-        community
+/// Whether `uuid` can be a subject token as it is (hex digits and `-`, 1 to 64 bytes).
+pub fn is_uuid_token(uuid: &str) -> bool {
+    !uuid.is_empty() && uuid.len() <= 64 && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// Alert and community uuids are validated by the time they get here; anything else (or
+/// nothing) maps to `unknown`, so hostile input can never inject `.`, `*` or `>` into a subject.
+fn uuid_token(uuid: &str) -> &str {
+    if is_uuid_token(uuid) {
+        uuid
     } else {
-        UNKNOWN_COMMUNITY
+        UNKNOWN_TOKEN
     }
 }
 
@@ -143,8 +137,12 @@ mod tests {
     fn names_derive_from_the_prefix() {
         let s = Subjects::new("t-1");
         assert_eq!(
-            s.created("d24e5c90-1a7b"),
-            "t-1.alerts.created.d24e5c90-1a7b"
+            s.created("3b1f6c2e-8d4a-4f0b-9e37-5a2c7d91e604"),
+            "t-1.alerts.created.3b1f6c2e-8d4a-4f0b-9e37-5a2c7d91e604"
+        );
+        assert_eq!(
+            s.enriched("d24e5c90-1a7b"),
+            "t-1.alerts.enriched.d24e5c90-1a7b"
         );
         assert_eq!(s.enriched(""), "t-1.alerts.enriched.unknown");
         assert_eq!(
@@ -157,9 +155,12 @@ mod tests {
     }
 
     #[test]
-    fn hostile_communities_cannot_reach_the_subject() {
+    fn hostile_uuids_cannot_reach_the_subject() {
         let s = Subjects::new("a");
         assert_eq!(s.created("x.>"), "a.alerts.created.unknown");
         assert_eq!(s.created("*"), "a.alerts.created.unknown");
+        assert_eq!(s.enriched("ab.cd"), "a.alerts.enriched.unknown");
+        assert_eq!(s.enriched(&"a".repeat(65)), "a.alerts.enriched.unknown");
+        assert!(!is_uuid_token(""));
     }
 }

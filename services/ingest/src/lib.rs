@@ -1,13 +1,14 @@
 //! The ingest service: receives alert-created events from three sources and publishes each
-//! alert once as an `AlertCreated` on `<prefix>.alerts.created.<community>`.
+//! alert once as an `AlertCreated` on `<prefix>.alerts.created.<alert uuid>`.
 //!
 //! - [`webhook`]: `POST /v1/alerts`: bearer token, 64 KiB limit, answers 202 only once
 //!   JetStream has stored the event.
 //! - [`live`]: the Sekoia LiveAPI websocket (low latency), with jittered reconnects.
 //! - [`poller`]: the catch-up poller over the alert list, from a cursor kept in NATS KV
 //!   (completeness: nothing created while the socket was down is missed).
-//! - [`publisher`]: the one way in: community filter, dedup across sources and restarts (KV
-//!   record of published uuids plus JetStream's message-id window), publish.
+//! - [`publisher`]: the one way in: community filter, then a publish that the server refuses
+//!   when the alert's subject already holds it (dedup across sources, replicas and restarts for
+//!   as long as the stream keeps alerts).
 //! - [`events`]: parses the accepted payloads into an [`events::AlertEvent`], with a reason on
 //!   error.
 //! - [`Ingest`]: builds (connects, ensures streams and buckets, binds) and runs the service.
@@ -59,9 +60,6 @@ impl Ingest {
         let (client, js) = alertsync_jetstream::connect(&cfg.nats, "alertsync-ingest").await?;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
-        let seen = topology
-            .ensure_kv("SEEN", Some(ingest.seen_retention.get()))
-            .await?;
         let health = Health::with_nats(client.clone());
         health.set("topology", true, "streams and buckets ensured");
         let metrics = Metrics::new();
@@ -78,7 +76,6 @@ impl Ingest {
         let publisher = Arc::new(publisher::Publisher::new(
             js.clone(),
             topology.subjects().clone(),
-            seen,
             communities,
             metrics.clone(),
         ));

@@ -1,15 +1,19 @@
 //! Publishing an alert-created event exactly once, whatever source saw it and whenever.
 //!
-//! JetStream's `Nats-Msg-Id` window (minutes) catches sources racing each other; a KV record of
-//! published uuids (`<PREFIX>_SEEN`, kept `ingest.seen_retention`) catches a source seeing the
-//! same alert hours later. The record is written after the publish is acknowledged, never
-//! before: a crash in between can at worst publish again (the forwarder's idempotency key
-//! covers it), never lose the alert.
+//! Each alert has its own subject, `<prefix>.alerts.created.<alert uuid>`, and is published
+//! there only if that subject holds nothing yet (`Nats-Expected-Last-Subject-Sequence: 0`). So
+//! the created stream is itself the record of published alerts, for as long as it keeps them
+//! (`nats.stream_max_age`): a source seeing the same alert days later, another ingest replica,
+//! or a restarted one, is answered "duplicate" by the server. Checking and storing are one
+//! atomic step on the server, so there is no moment where two replicas both see "not yet
+//! published", and no record to write after the publish that a crash could cut short.
+//! `Nats-Msg-Id = <alert uuid>` is kept: within the duplicate window it answers the same way.
 
 use alertsync_jetstream::{
     Subjects,
-    async_nats::jetstream::{self, kv},
-    publish::{PublishError, publish_acked},
+    async_nats::jetstream,
+    publish::{PublishError, publish_first},
+    subjects::is_uuid_token,
 };
 use alertsync_proto::{Message as _, time, v1};
 use alertsync_telemetry::Metrics;
@@ -33,12 +37,11 @@ pub enum Verdict {
 pub struct Publisher {
     js: jetstream::Context,
     subjects: Subjects,
-    seen: kv::Store,
     communities: Vec<String>,
     metrics: Metrics,
 }
 
-/// Short, bounded name of a source, for metrics and the seen record.
+/// Short, bounded name of a source, for metrics and spans.
 pub fn source_name(source: v1::Source) -> &'static str {
     match source {
         v1::Source::Webhook => "webhook",
@@ -50,18 +53,16 @@ pub fn source_name(source: v1::Source) -> &'static str {
 }
 
 impl Publisher {
-    /// A publisher recording sightings in `seen`, limited to `communities` when not empty.
+    /// A publisher limited to `communities` when not empty.
     pub fn new(
         js: jetstream::Context,
         subjects: Subjects,
-        seen: kv::Store,
         communities: Vec<String>,
         metrics: Metrics,
     ) -> Self {
         Self {
             js,
             subjects,
-            seen,
             communities,
             metrics,
         }
@@ -74,7 +75,7 @@ impl Publisher {
         event: &AlertEvent,
         source: v1::Source,
     ) -> Result<Verdict, PublishError> {
-        let subject = self.subjects.created(&event.community_uuid);
+        let subject = self.subjects.created(&event.alert_uuid);
         let span = tracing::info_span!(
             "publish",
             otel.kind = "producer",
@@ -111,15 +112,6 @@ impl Publisher {
             self.metrics.filtered("ingest", "", "community");
             return Ok(Verdict::OtherCommunity);
         }
-        match self.seen.get(&event.alert_uuid).await {
-            Ok(Some(_)) => {
-                self.metrics.duplicate(name);
-                return Ok(Verdict::Duplicate);
-            }
-            Ok(None) => {}
-            // JetStream's own dedup still covers recent repeats: go on.
-            Err(e) => tracing::warn!(error = %e, "cannot read the seen-alerts record"),
-        }
         let msg = v1::AlertCreated {
             alert_uuid: event.alert_uuid.clone(),
             short_id: event.short_id.clone(),
@@ -129,7 +121,17 @@ impl Publisher {
         };
         let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
         alertsync_telemetry::propagation::inject_nats(&mut headers);
-        let stored = publish_acked(
+        // The uuid was validated as a uuid (`AlertEvent`), so it is its subject's own token; the
+        // check keeps a future caller from putting every odd uuid on one shared subject, where
+        // all but the first would be taken for duplicates.
+        if !is_uuid_token(&event.alert_uuid) {
+            return Err(PublishError {
+                subject,
+                reason: "the alert uuid is not a uuid".into(),
+                transient: false,
+            });
+        }
+        let stored = publish_first(
             &self.js,
             subject,
             &event.alert_uuid,
@@ -137,9 +139,6 @@ impl Publisher {
             msg.encode_to_vec().into(),
         )
         .await?;
-        if let Err(e) = self.seen.put(&event.alert_uuid, name.into()).await {
-            tracing::warn!(alert.uuid = %event.alert_uuid, error = %e, "cannot record the alert as seen");
-        }
         if stored.duplicate {
             self.metrics.duplicate(name);
             Ok(Verdict::Duplicate)
