@@ -172,6 +172,21 @@ impl Pipeline {
     /// Like [`Pipeline::start`], with `ingest` lines (e.g. `live = true`) and `enricher` lines
     /// (e.g. filters) in place of the defaults.
     pub async fn start_with(destinations: &str, ingest: &str, enricher: &str) -> Self {
+        Self::start_full(destinations, ingest, enricher, "").await
+    }
+
+    /// Like [`Pipeline::start`], with more lines in the `[nats]` section (e.g. a short
+    /// `duplicate_window`).
+    pub async fn start_with_nats(destinations: &str, nats_lines: &str) -> Self {
+        Self::start_full(destinations, DEFAULT_INGEST, DEFAULT_ENRICHER, nats_lines).await
+    }
+
+    async fn start_full(
+        destinations: &str,
+        ingest: &str,
+        enricher: &str,
+        nats_lines: &str,
+    ) -> Self {
         let nats = NatsServer::start().expect("nats-server starts (see scripts/nats-server)");
         let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
         let receiver = Receiver::start().await;
@@ -182,7 +197,8 @@ impl Pipeline {
             destinations,
         )
         .replacen(DEFAULT_INGEST, ingest, 1)
-        .replacen(DEFAULT_ENRICHER, enricher, 1);
+        .replacen(DEFAULT_ENRICHER, enricher, 1)
+        .replacen("[nats]\n", &format!("[nats]\n{nats_lines}\n"), 1);
         let config = Config::parse(&text, &test_env, &Stage::ALL).expect("test config is valid");
         let client = alertsync_jetstream::async_nats::connect(nats.url())
             .await
