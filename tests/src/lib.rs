@@ -357,6 +357,16 @@ impl Pipeline {
         (status, json)
     }
 
+    /// Waits up to [`SOON`] until the receiver has answered 2xx to a request whose
+    /// `alert_short_id` is `uuid` (the seed template's field), and says whether it did.
+    pub async fn wait_sent(&self, uuid: &str) -> bool {
+        self.receiver
+            .wait_until(SOON, |reqs| {
+                uuids_in(reqs, "alert_short_id").iter().any(|u| u == uuid)
+            })
+            .await
+    }
+
     /// Makes a new alert readable in the fake Sekoia and announces it on the webhook (as a
     /// LiveAPI notification); returns its uuid.
     pub async fn send_alert(&self, rule_name: &str, title: &str) -> String {

@@ -324,12 +324,7 @@ async fn the_same_alert_announced_twice_is_delivered_once() {
     let second = p.send_alert("rule", "marker").await;
     // The marker alert went through the same stages after the duplicate: once it arrives, a
     // wrongful second delivery of the first would have had every chance to arrive too.
-    assert!(
-        p.receiver
-            .wait_until(SOON, |reqs| uuids_in(reqs, "alert_short_id")
-                .contains(&second))
-            .await
-    );
+    assert!(p.wait_sent(&second).await);
     let got = uuids_in(&p.receiver.requests(), "alert_short_id");
     assert_eq!(got.iter().filter(|u| **u == uuid).count(), 1, "{got:?}");
     assert_eq!(p.created_count().await, 2);
@@ -362,12 +357,7 @@ async fn an_alert_published_before_the_duplicate_window_is_still_a_duplicate() {
     .unwrap()
     .await
     .unwrap();
-    assert!(
-        p.receiver
-            .wait_until(SOON, |reqs| uuids_in(reqs, "alert_short_id")
-                .contains(&uuid))
-            .await
-    );
+    assert!(p.wait_sent(&uuid).await);
     // Seen again, by two sources.
     let live = json!({"metadata": {"version": 2}, "type": "alert", "action": "created",
                       "attributes": {"uuid": uuid, "short_id": "ALq7Rt2mXw9K"}});
@@ -379,12 +369,7 @@ async fn an_alert_published_before_the_duplicate_window_is_still_a_duplicate() {
         assert_eq!(b["duplicate"], true, "{b}");
     }
     let marker = p.send_alert("rule", "marker").await;
-    assert!(
-        p.receiver
-            .wait_until(SOON, |reqs| uuids_in(reqs, "alert_short_id")
-                .contains(&marker))
-            .await
-    );
+    assert!(p.wait_sent(&marker).await);
     let got = uuids_in(&p.receiver.requests(), "alert_short_id");
     assert_eq!(got.iter().filter(|u| **u == uuid).count(), 1, "{got:?}");
     assert_eq!(p.created_count().await, 2, "nothing stored for the repeats");
@@ -467,12 +452,7 @@ async fn poison_on_the_created_subject_is_dead_lettered_and_the_pipeline_keeps_f
     assert_eq!(dl[0].stage, "enrich");
     assert!(dl[0].reason.starts_with("poison"), "{}", dl[0].reason);
     let uuid = p.send_alert("rule", "title").await;
-    assert!(
-        p.receiver
-            .wait_until(SOON, |reqs| uuids_in(reqs, "alert_short_id")
-                .contains(&uuid))
-            .await
-    );
+    assert!(p.wait_sent(&uuid).await);
     p.shutdown().await;
 }
 
