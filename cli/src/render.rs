@@ -153,10 +153,8 @@ async fn fetch_alert(config: &Config, uuid: &str) -> anyhow::Result<serde_json::
         .context("--alert-uuid needs a [sekoia] section in the config")?;
     let client = SekoiaClient::new(sekoia_cfg)?;
     let redact = |s: String| config.redactor.redact(&s);
-    match client.get_alert(uuid).await {
-        GetAlert::Found(body) => {
-            serde_json::from_slice(&body).context("Sekoia answered Get Alert with invalid JSON")
-        }
+    match client.get_alert::<serde_json::Value>(uuid).await {
+        GetAlert::Found(_, alert) => Ok(alert),
         GetAlert::NotFound => bail!(
             "Sekoia has no alert {uuid} (404): check the uuid, and that the API key's community \
              can see the alert"

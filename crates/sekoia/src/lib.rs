@@ -19,13 +19,18 @@ use std::time::Duration;
 use alertsync_config::SekoiaConfig;
 use alertsync_http::{Class, classify, describe_error, retry_after};
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-/// The answer to a Get Alert call.
+/// The answer to a Get Alert call. `H` is what the caller reads from the alert (its typed
+/// fields, with `serde`), parsed in the same pass that checks the body: one scan of the alert
+/// instead of two (the enricher's profile showed the second at a tenth of its CPU).
 #[derive(Debug)]
-pub enum GetAlert {
-    /// 200 with a JSON object body: the raw bytes, untouched.
-    Found(Bytes),
+pub enum GetAlert<H = serde::de::IgnoredAny> {
+    /// 200 with a JSON object body: the raw bytes, untouched, and what `H` read from them
+    /// (`H::default()` when the object does not fit `H`, e.g. a field of an unexpected type
+    /// or a repeated key: the alert is still valid JSON and still goes on).
+    Found(Bytes, H),
     /// 404: the alert may not be readable yet, or does not exist.
     NotFound,
     /// 401/403: the key is missing, expired or lacks the "View alerts" permission.
@@ -97,8 +102,9 @@ impl SekoiaClient {
         self.base.join(path).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// Fetches one alert. `uuid` must already be validated (it becomes a path segment).
-    pub async fn get_alert(&self, uuid: &str) -> GetAlert {
+    /// Fetches one alert and reads `H` from it. `uuid` must already be validated (it becomes a
+    /// path segment).
+    pub async fn get_alert<H: DeserializeOwned + Default>(&self, uuid: &str) -> GetAlert<H> {
         let span = tracing::info_span!(
             "sekoia_get_alert",
             otel.kind = "client",
@@ -109,7 +115,7 @@ impl SekoiaClient {
         );
         let answer = self.get_alert_in_span(uuid).instrument(span.clone()).await;
         let status = match &answer {
-            GetAlert::Found(_) => Some(200),
+            GetAlert::Found(..) => Some(200),
             GetAlert::NotFound => Some(404),
             GetAlert::KeyRejected(s) => Some(*s),
             GetAlert::Transient { status, .. } => *status,
@@ -121,7 +127,7 @@ impl SekoiaClient {
         answer
     }
 
-    async fn get_alert_in_span(&self, uuid: &str) -> GetAlert {
+    async fn get_alert_in_span<H: DeserializeOwned + Default>(&self, uuid: &str) -> GetAlert<H> {
         let mut url = self.url(&format!("v1/sic/alerts/{uuid}"));
         url.query_pairs_mut()
             .append_pair("stix", "false")
@@ -163,12 +169,13 @@ impl SekoiaClient {
         match (status, classify(status)) {
             (401 | 403, _) => GetAlert::KeyRejected(status),
             (404, _) => GetAlert::NotFound,
-            // Checked without building the tree: the body travels on as bytes.
-            (_, Class::Success) if is_json_object(&body) => GetAlert::Found(body),
-            (_, Class::Success) => GetAlert::Transient {
-                status: Some(status),
-                retry_after: None,
-                reason: "Get Alert answered 200 without a JSON object".into(),
+            (_, Class::Success) => match read_object::<H>(&body) {
+                Some(head) => GetAlert::Found(body, head),
+                None => GetAlert::Transient {
+                    status: Some(status),
+                    retry_after: None,
+                    reason: "Get Alert answered 200 without a JSON object".into(),
+                },
             },
             (_, Class::Transient) => GetAlert::Transient {
                 status: Some(status),
@@ -313,11 +320,19 @@ pub fn live_url(base: &url::Url) -> url::Url {
     u
 }
 
-/// Whether `body` is one JSON object (valid JSON, nothing after it), checked by a scan that
-/// allocates nothing.
-fn is_json_object(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+/// `H` read from `body` if `body` is one JSON object (valid JSON, nothing after it), else
+/// `None`. The body is not built as a tree: `H` keeps only its own fields. When the object is
+/// valid but does not fit `H`, a second scan that allocates nothing tells it from bad JSON.
+fn read_object<H: DeserializeOwned + Default>(body: &[u8]) -> Option<H> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    match serde_json::from_slice::<H>(body) {
+        Ok(head) => Some(head),
+        Err(_) => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .ok()
+            .map(|_| H::default()),
+    }
 }
 
 /// `: <message>` from a Sekoia error body (`{"message": ...}`), bounded in length.
@@ -353,6 +368,43 @@ mod tests {
         ];
         for (base, live) in cases {
             assert_eq!(live_url(&base.parse().unwrap()).as_str(), live, "{base}");
+        }
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        short_id: Option<String>,
+    }
+
+    #[test]
+    fn a_json_object_is_found_with_its_head_and_anything_else_is_refused() {
+        let head = |s: &str| read_object::<Head>(s.as_bytes());
+        let found = |id: &str| {
+            Some(Head {
+                short_id: Some(id.into()),
+            })
+        };
+        assert_eq!(
+            head(r#" {"short_id":"ALx","big":[1,{"a":"}"}]}"#),
+            found("ALx")
+        );
+        // Valid objects that do not fit the head still count as found, with an empty head.
+        assert_eq!(
+            head(r#"{"short_id":"a","short_id":"b"}"#),
+            Some(Head::default())
+        );
+        assert_eq!(head(r#"{"short_id":7}"#), Some(Head::default()));
+        assert_eq!(head("{}"), Some(Head::default()));
+        for bad in [
+            "",
+            "[]",
+            r#"["ALx"]"#,
+            "null",
+            r#"{"short_id":"a"} x"#,
+            r#"{"a":"#,
+        ] {
+            assert_eq!(head(bad), None, "{bad:?}");
         }
     }
 }

@@ -11,9 +11,11 @@ use alertsync_config::EnricherConfig;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The few fields of a Get Alert body the enricher routes on. Read with a typed parse that
-/// skips everything else without building it: the body itself travels on as bytes, so the
-/// enricher never builds the whole alert as a JSON tree (twice as much CPU, BENCHMARKS.md).
+/// The few fields of a Get Alert body the enricher routes on. The Sekoia client reads them in
+/// the same pass that checks the body, with a typed parse that skips everything else without
+/// building it: the body itself travels on as bytes, so the enricher never builds the whole
+/// alert as a JSON tree (twice as much CPU, BENCHMARKS.md). A body that is a JSON object but
+/// does not fit (a repeated field) gives an empty head, as before: the alert still goes on.
 #[derive(Debug, Default, Deserialize)]
 pub struct AlertHead {
     /// Values are kept loose: a field of an unexpected type must not fail the whole parse.
@@ -26,12 +28,6 @@ pub struct AlertHead {
 }
 
 impl AlertHead {
-    /// The head of `body`; an empty head when `body` is not a JSON object (the Sekoia client
-    /// already refused such bodies).
-    pub fn parse(body: &[u8]) -> Self {
-        serde_json::from_slice(body).unwrap_or_default()
-    }
-
     /// `short_id`, when it is a string.
     pub fn short_id(&self) -> Option<&str> {
         self.short_id.as_ref().and_then(Value::as_str)
@@ -107,14 +103,15 @@ mod tests {
 
     fn alert(name: &str, uuid: &str, community: &str) -> AlertHead {
         let v = json!({"rule": {"name": name, "uuid": uuid}, "community_uuid": community});
-        AlertHead::parse(&serde_json::to_vec(&v).unwrap())
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]
     fn the_head_reads_its_fields_and_tolerates_odd_types() {
-        let h = AlertHead::parse(
+        let h: AlertHead = serde_json::from_slice(
             br#"{"short_id":"ALx","community_uuid":7,"rule":{"name":"R"},"big":[1,{"a":2}]}"#,
-        );
+        )
+        .unwrap();
         assert_eq!(h.short_id(), Some("ALx"));
         assert_eq!(h.community_uuid(), None);
         assert_eq!(h.rule("name"), Some("R"));

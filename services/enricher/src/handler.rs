@@ -108,15 +108,14 @@ impl EnrichHandler {
         &self,
         mut created: v1::AlertCreated,
         body: bytes::Bytes,
+        alert: &AlertHead,
         d: &Delivery,
     ) -> Outcome {
-        // The body was checked to be a JSON object by the client.
-        let alert = AlertHead::parse(&body);
         let uuid = created.alert_uuid.clone();
         if let Some(short_id) = alert.short_id() {
             tracing::Span::current().record("alert.short_id", short_id);
         }
-        if let Some(filter) = self.parts.filter.rejects(&alert) {
+        if let Some(filter) = self.parts.filter.rejects(alert) {
             self.parts.metrics.filtered("enrich", "", filter);
             tracing::debug!(alert.uuid = %uuid, filter, "alert filtered out");
             return Outcome::Ack;
@@ -197,12 +196,12 @@ impl Handler for EnrichHandler {
         let m = &self.parts.metrics;
         loop {
             let started = std::time::Instant::now();
-            let answer = self.parts.sekoia.get_alert(&uuid).await;
+            let answer = self.parts.sekoia.get_alert::<AlertHead>(&uuid).await;
             m.sekoia_latency(started.elapsed());
             match answer {
-                GetAlert::Found(body) => {
+                GetAlert::Found(body, alert) => {
                     self.parts.key.accepted();
-                    return self.publish(created, body, d).await;
+                    return self.publish(created, body, &alert, d).await;
                 }
                 GetAlert::NotFound => {
                     self.parts.key.accepted();
