@@ -39,6 +39,11 @@ impl DeadLetters {
         }
     }
 
+    /// The JetStream context entries are published with (the stage's connection).
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// Publishes the entry for `delivery` and waits for JetStream to store it. The reason is
     /// redacted here, whatever the caller passed.
     pub async fn publish(

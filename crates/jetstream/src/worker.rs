@@ -22,10 +22,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{PullConsumer, pull::BatchConfig},
+};
+use async_nats::{HeaderMap, StatusCode, Subject, Subscriber};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +39,9 @@ use crate::gate::{Gate, Pull};
 
 /// How long one pull request waits for messages: bounds how long shutdown waits for the loop.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long after a pull request's expiry the worker stops waiting for the server's answer
+/// to it (the server's 408 was lost, e.g. in a reconnect), as async-nats does.
+const PULL_ANSWER_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed pull (server unreachable, consumer deleted) before trying again.
 const PULL_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// How often a worker reports its consumer's lag.
@@ -187,6 +193,10 @@ impl Worker {
         if let Some(metrics) = self.metrics.clone() {
             tokio::spawn(report_lag(self.consumer.clone(), metrics, shutdown.clone()));
         }
+        let js = self.dead_letters.jetstream().clone();
+        let Some(mut inbox) = Inbox::open(&js, &name, &shutdown).await else {
+            return;
+        };
         'pull: loop {
             // Wait for room before asking the server for anything.
             let mut first = tokio::select! {
@@ -205,40 +215,37 @@ impl Worker {
                     first.num_permits() + permits.available_permits()
                 }
             };
-            let batch = self
-                .consumer
-                .batch()
-                .max_messages(wanted)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(worker = %name, error = %e, "pull request failed");
-                    drop(first);
-                    pause(&shutdown).await;
-                    continue;
-                }
+            let request = BatchConfig {
+                batch: wanted,
+                expires: Some(PULL_EXPIRES),
+                ..Default::default()
             };
-            // The batch's first messages use the permits gathered above, one each.
+            if let Err(e) = self
+                .consumer
+                .request_batch(request, inbox.subject.clone())
+                .await
+            {
+                tracing::warn!(worker = %name, error = %e, "pull request failed");
+                drop(first);
+                pause(&shutdown).await;
+                continue;
+            }
+            // The request's first messages use the permits gathered above, one each.
             let mut held = first;
-            // Once requested, the batch is drained even during shutdown: messages the server
+            // Once requested, the request is drained even during shutdown: messages the server
             // already sent would otherwise wait a whole ack wait before redelivery.
-            while let Some(item) = batch.next().await {
-                let message = match item {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::debug!(worker = %name, error = %e, "pull batch ended");
-                        break;
-                    }
-                };
+            let mut answer = inbox.request(wanted);
+            while let Some(message) = answer.next().await {
                 let permit = match held.split(1) {
                     Some(p) => p,
                     None => match permits.clone().acquire_owned().await {
                         Ok(p) => p,
                         Err(_) => break 'pull,
                     },
+                };
+                let message = jetstream::Message {
+                    message,
+                    context: js.clone(),
                 };
                 let delivery = match Delivery::from_message(message) {
                     Ok(d) => d,
@@ -261,10 +268,32 @@ impl Worker {
                     .instrument(span),
                 );
             }
+            match answer.end {
+                None => {}
+                Some(End::Closed) => {
+                    // Only a closing client ends a subscription; if this one still runs, the
+                    // inbox comes back.
+                    tracing::debug!(worker = %name, "the pull inbox was closed");
+                    pause(&shutdown).await;
+                    match Inbox::open(&js, &name, &shutdown).await {
+                        Some(reopened) => inbox = reopened,
+                        None => break,
+                    }
+                }
+                Some(end) => {
+                    // The consumer is gone or moving (a deleted consumer, a leadership change)
+                    // or the server did not answer: asking again at once would spin.
+                    tracing::debug!(worker = %name, "pull request ended: {end}");
+                    pause(&shutdown).await;
+                }
+            }
             if shutdown.is_cancelled() {
                 break;
             }
         }
+        // Anything the server sent after the loop stopped goes back at once (not after the ack
+        // wait); the subscription ends here.
+        inbox.release().await;
         tracker.close();
         tracker.wait().await;
         // Acks are not confirmed one by one. The server reads a connection's messages in order,
@@ -279,6 +308,145 @@ impl Worker {
                 "worker stopped, but the server did not answer after the last acks: unacknowledged messages come back after the ack wait"
             ),
         }
+    }
+}
+
+/// The one subscription all of a worker's pull requests are answered on.
+///
+/// async-nats's `batch()` subscribes a new inbox for every pull request and unsubscribes it
+/// after: two more protocol messages and a change to nats-server's subscription table per
+/// request. With one inbox per worker, a pull request is a single publish. Requests are still
+/// one at a time and never for more messages than free handlers, so nothing is prefetched.
+struct Inbox {
+    client: async_nats::Client,
+    subject: Subject,
+    messages: Subscriber,
+}
+
+impl Inbox {
+    /// Subscribes the worker's inbox; `None` only if shutdown came first.
+    async fn open(
+        js: &jetstream::Context,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        let client = js.client();
+        loop {
+            let subject = Subject::from(client.new_inbox());
+            match client.subscribe(subject.clone()).await {
+                Ok(messages) => {
+                    return Some(Self {
+                        client,
+                        subject,
+                        messages,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %name, error = %e, "cannot subscribe the pull inbox");
+                    pause(shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The answer to the request for `wanted` messages just sent.
+    fn request(&mut self, wanted: usize) -> Answer<'_> {
+        Answer {
+            inbox: self,
+            remaining: wanted,
+            deadline: tokio::time::Instant::now() + PULL_EXPIRES + PULL_ANSWER_GRACE,
+            end: None,
+        }
+    }
+
+    /// NAKs, for immediate redelivery, the messages received that no request drained (the
+    /// answer to a request given up on, arriving late), then unsubscribes.
+    async fn release(mut self) {
+        while let Some(Some(message)) = self.messages.next().now_or_never() {
+            if message.status.is_none_or(|s| s == StatusCode::OK)
+                && let Some(reply) = message.reply
+            {
+                let _ = self
+                    .client
+                    .publish(reply, Bytes::from_static(b"-NAK"))
+                    .await;
+            }
+        }
+        let _ = self.messages.unsubscribe().await;
+    }
+}
+
+/// The messages answering one pull request, read as async-nats's `batch()` reads them.
+struct Answer<'a> {
+    inbox: &'a mut Inbox,
+    remaining: usize,
+    deadline: tokio::time::Instant,
+    /// Why the answer ended before all the messages asked for came, if it did other than by
+    /// expiring.
+    end: Option<End>,
+}
+
+/// How an answer ended, other than complete or expired.
+enum End {
+    /// A status from the server other than "expired" (a deleted consumer, a leadership
+    /// change, no JetStream).
+    Status(String),
+    /// Nothing, not even the expiry, within the grace period (the request was lost, e.g. in
+    /// a reconnect).
+    NoAnswer,
+    /// The subscription ended (the client is closing).
+    Closed,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Status(s) => write!(f, "the server answered {s}"),
+            End::NoAnswer => f.write_str("no answer from the server"),
+            End::Closed => f.write_str("the subscription is closed"),
+        }
+    }
+}
+
+impl Answer<'_> {
+    /// The next message, or `None` once the request is answered: all its messages came, the
+    /// server ended it (expired, or a status such as a deleted consumer), or it never answered.
+    async fn next(&mut self) -> Option<async_nats::Message> {
+        while self.remaining > 0 && self.end.is_none() {
+            let received = tokio::time::timeout_at(self.deadline, self.inbox.messages.next()).await;
+            let message = match received {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.end = Some(End::Closed);
+                    break;
+                }
+                Err(_) => {
+                    self.end = Some(End::NoAnswer);
+                    break;
+                }
+            };
+            match message.status.unwrap_or(StatusCode::OK) {
+                StatusCode::OK => {
+                    self.remaining -= 1;
+                    return Some(message);
+                }
+                StatusCode::IDLE_HEARTBEAT => {}
+                // Expired with fewer messages than asked for: the usual end when idle.
+                StatusCode::TIMEOUT | StatusCode::NOT_FOUND => {
+                    self.remaining = 0;
+                }
+                status => {
+                    self.end = Some(End::Status(format!(
+                        "{status} {}",
+                        message.description.as_deref().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        None
     }
 }
 
