@@ -209,8 +209,8 @@ pub struct EnricherConfig {
     /// Listen address of the health endpoints.
     #[serde(default = "default_enricher_listen")]
     pub listen: SocketAddr,
-    /// Alerts fetched from Sekoia at once by this replica.
-    #[serde(default = "sixteen")]
+    /// Alerts fetched from Sekoia at once by this replica (see [`IN_FLIGHT`]).
+    #[serde(default = "in_flight")]
     pub concurrency: usize,
     /// Deliveries of one alert before it is dead-lettered (transient errors).
     #[serde(default = "ten")]
@@ -238,7 +238,7 @@ impl Default for EnricherConfig {
     fn default() -> Self {
         Self {
             listen: default_enricher_listen(),
-            concurrency: 16,
+            concurrency: IN_FLIGHT,
             max_attempts: 10,
             not_found_attempts: 5,
             retry_base_delay: one_second(),
@@ -341,8 +341,8 @@ pub struct DestinationConfig {
     /// Verify the server's TLS certificate.
     #[serde(default = "yes")]
     pub verify_tls: bool,
-    /// Requests in flight to this destination from one replica.
-    #[serde(default = "sixteen")]
+    /// Requests in flight to this destination from one replica (see [`IN_FLIGHT`]).
+    #[serde(default = "in_flight")]
     pub concurrency: usize,
     /// Largest body sent; a larger rendered body is dead-lettered (Sekoia intake: 250000).
     pub max_body_bytes: Option<usize>,
@@ -864,8 +864,17 @@ fn five() -> u32 {
 fn ten() -> u32 {
     10
 }
-fn sixteen() -> usize {
-    16
+/// Default messages in flight per stage worker (Get Alert calls per enricher replica,
+/// requests per destination and forwarder replica). A worker never asks JetStream for more
+/// messages than it has free handlers, so under a backlog this also sizes its pull requests:
+/// with 16, batches of about four cost nats-server a fifth more CPU per alert and the
+/// pipeline a tenth of its throughput (BENCHMARKS.md, step 11). 64 is also fewer than the
+/// 100 concurrent runs Sekoia's own playbook workers allow. It is also the most alerts one
+/// replica can have sent but not yet recorded when it is killed (README, delivery records).
+pub const IN_FLIGHT: usize = 64;
+
+fn in_flight() -> usize {
+    IN_FLIGHT
 }
 fn ninety_seconds() -> Duration {
     Duration::secs(90)
