@@ -45,21 +45,28 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, config: &Path, dir: &Path, otlp: &str) -> Self {
+    /// Starts `name`, exporting spans to `otlp` if given (else with no exporter at all).
+    fn spawn(name: &str, config: &Path, dir: &Path, otlp: Option<&str>) -> Self {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary(name))
+        let mut cmd = Command::new(binary(name));
+        if let Some(otlp) = otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+                .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+        }
+        let child = cmd
             .arg("--config")
             .arg(config)
             .env("SEKOIA_API_KEY", SEKOIA_KEY)
             .env("WEBHOOK_TOKEN", WEBHOOK_TOKEN)
             .env("SOAR_KEY", SOAR_KEY)
             .env("INTAKE_KEY", INTAKE_KEY)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
             .env("ALERTSYNC_LOG_FORMAT", "json")
             // Per-alert success lines are debug: at info they cost a fifth of the CPU.
-            .env("RUST_LOG", "info,alertsync_enricher=debug")
+            .env(
+                "RUST_LOG",
+                "info,alertsync_ingest=debug,alertsync_enricher=debug,alertsync_forwarder=debug",
+            )
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null())
@@ -154,9 +161,24 @@ async fn one_trace_per_alert_spans_every_service_and_reaches_the_destination() {
     let config = dir.path().join("alertsync.toml");
     std::fs::write(&config, text).unwrap();
     let procs = [
-        Proc::spawn("alertsync-ingest", &config, dir.path(), &otlp.endpoint()),
-        Proc::spawn("alertsync-enricher", &config, dir.path(), &otlp.endpoint()),
-        Proc::spawn("alertsync-forwarder", &config, dir.path(), &otlp.endpoint()),
+        Proc::spawn(
+            "alertsync-ingest",
+            &config,
+            dir.path(),
+            Some(&otlp.endpoint()),
+        ),
+        Proc::spawn(
+            "alertsync-enricher",
+            &config,
+            dir.path(),
+            Some(&otlp.endpoint()),
+        ),
+        Proc::spawn(
+            "alertsync-forwarder",
+            &config,
+            dir.path(),
+            Some(&otlp.endpoint()),
+        ),
     ];
     let client = reqwest_client();
     for port in ports {
@@ -430,4 +452,114 @@ async fn one_trace_per_alert_spans_every_service_and_reaches_the_destination() {
             );
         }
     }
+}
+
+/// Without an exporter, spans carry only their ids (no OpenTelemetry spans are built), and
+/// still: each alert has one trace id, in every service's log line about it and in the
+/// `traceparent` the destination receives, and two alerts have two traces.
+#[tokio::test]
+async fn without_an_exporter_one_trace_id_still_follows_each_alert_through_the_logs_to_the_destination()
+ {
+    let nats = NatsServer::start().unwrap();
+    let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
+    let receiver = Receiver::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut text = config_text(
+        &nats.url(),
+        &sekoia.base_url(),
+        &receiver.url(""),
+        &destination("soar", "/soar", MAIN_TEMPLATE),
+    );
+    for port in ports {
+        text = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alertsync.toml");
+    std::fs::write(&config, text).unwrap();
+    let procs = [
+        Proc::spawn("alertsync-ingest", &config, dir.path(), None),
+        Proc::spawn("alertsync-enricher", &config, dir.path(), None),
+        Proc::spawn("alertsync-forwarder", &config, dir.path(), None),
+    ];
+    let client = reqwest_client();
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        assert!(
+            eventually(SOON, || async {
+                matches!(client.get(&url).send().await, Ok(r) if r.status().as_u16() == 200)
+            })
+            .await,
+            "{url} ready"
+        );
+    }
+    let mut uuids = Vec::new();
+    for i in 0..2 {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        sekoia.insert_alert(alerts::new_alert(
+            &uuid,
+            &format!("ALids0000{i}"),
+            "rule",
+            "t",
+        ));
+        let resp = client
+            .post(format!("http://127.0.0.1:{}/v1/alerts", ports[0]))
+            .bearer_auth(WEBHOOK_TOKEN)
+            .json(&serde_json::json!({"alert_uuid": uuid}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        uuids.push(uuid);
+    }
+    assert!(receiver.wait_until(SOON, |r| r.len() == 2).await);
+    let mut logs = Vec::new();
+    for p in procs {
+        logs.push(p.terminate().await);
+    }
+
+    let requests = receiver.requests();
+    let mut traces = BTreeSet::new();
+    for uuid in &uuids {
+        let request = requests
+            .iter()
+            .find(|r| {
+                r.json()
+                    .and_then(|j| j["alert_short_id"].as_str().map(str::to_string))
+                    .as_ref()
+                    == Some(uuid)
+            })
+            .expect("the alert reached the destination");
+        let traceparent = request
+            .header("traceparent")
+            .expect("traceparent sent to the destination");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
+        let (trace, span) = (parts[1], parts[2]);
+        assert!(
+            trace.len() == 32 && trace != "0".repeat(32),
+            "{traceparent}"
+        );
+        assert!(span.len() == 16 && span != "0".repeat(16), "{traceparent}");
+        // Each service's line about this alert is in the same trace.
+        for (log, message) in logs
+            .iter()
+            .zip(["alert published", "alert enriched", "delivered"])
+        {
+            let line: serde_json::Value = log
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .find(|v: &serde_json::Value| {
+                    v["message"] == message && v["alert.uuid"] == uuid.as_str()
+                })
+                .unwrap_or_else(|| panic!("no {message:?} line for {uuid} in:\n{log}"));
+            assert_eq!(line["trace_id"], trace, "{message}: {line}");
+        }
+        traces.insert(trace.to_string());
+    }
+    assert_eq!(traces.len(), 2, "one trace per alert");
 }

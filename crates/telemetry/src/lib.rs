@@ -10,6 +10,7 @@
 //! Names follow Prometheus conventions (`alertsync_…_total`, `_seconds`); label values are
 //! bounded (stage, source, destination name, status class), never a uuid.
 
+mod ids;
 pub mod propagation;
 pub mod traces;
 

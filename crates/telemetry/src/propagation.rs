@@ -36,9 +36,18 @@ impl Injector for HttpInjector<'_> {
     }
 }
 
+/// The context `span` propagates, from whichever layer `traces::init` installed.
+pub(crate) fn span_context(span: &tracing::Span) -> opentelemetry::Context {
+    if crate::ids::installed() {
+        crate::ids::context(span)
+    } else {
+        span.context()
+    }
+}
+
 /// Writes the current span's context into NATS headers.
 pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
-    let cx = tracing::Span::current().context();
+    let cx = span_context(&tracing::Span::current());
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut NatsInjector(headers))
     });
@@ -46,7 +55,7 @@ pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
 
 /// Writes the current span's context into HTTP request headers.
 pub fn inject_http(headers: &mut reqwest::header::HeaderMap) {
-    let cx = tracing::Span::current().context();
+    let cx = span_context(&tracing::Span::current());
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut HttpInjector(headers))
     });
@@ -58,10 +67,15 @@ pub fn inject_http(headers: &mut reqwest::header::HeaderMap) {
 pub fn set_parent_from_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
     let Some(headers) = headers else { return };
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&NatsExtractor(headers)));
-    if opentelemetry::trace::TraceContextExt::span(&cx)
+    let parent = opentelemetry::trace::TraceContextExt::span(&cx)
         .span_context()
-        .is_valid()
-    {
+        .clone();
+    if !parent.is_valid() {
+        return;
+    }
+    if crate::ids::installed() {
+        crate::ids::set_parent(span, &parent);
+    } else {
         let _ = span.set_parent(cx);
     }
 }

@@ -1,5 +1,5 @@
-//! Process-wide tracing setup: `tracing` spans become OpenTelemetry spans, exported over
-//! OTLP/HTTP (protobuf) when an endpoint is configured, and every log line carries the trace id
+//! Process-wide tracing setup: when an endpoint is configured, `tracing` spans become
+//! OpenTelemetry spans exported over OTLP/HTTP (protobuf); every log line carries the trace id
 //! of the span it was written in.
 //!
 //! Configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` or
@@ -8,16 +8,16 @@
 //! (read by the SDK). Logs: `RUST_LOG` filtering, human lines by default, JSON with
 //! `ALERTSYNC_LOG_FORMAT=json`.
 //!
-//! Spans are still created without an exporter: the trace context must flow through NATS and
-//! into the destination's `traceparent` either way, and logs need their trace id. The cost is
-//! in-memory span bookkeeping only.
+//! Without an exporter, spans carry only their trace and span ids ([`crate::ids`]): the trace
+//! context must flow through NATS and into the destination's `traceparent` either way, and
+//! logs need their trace id, but building OpenTelemetry spans only to drop them cost 13 to
+//! 20 % of the services' CPU.
 
 use std::fmt;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Event, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format::Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -52,29 +52,39 @@ pub fn init(service: &str, default_filter: &str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("ALERTSYNC_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    if !exporter_configured() {
+        // Nothing to export: each span keeps only its ids (crate::ids), no OpenTelemetry span.
+        let installed = tracing_subscriber::registry()
+            .with(crate::ids::IdsLayer::default())
+            .with(line_layer(json).with_filter(filter()))
+            .try_init()
+            .is_ok();
+        if installed {
+            crate::ids::mark_installed();
+        }
+        return TelemetryGuard { provider: None };
+    }
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(service.to_string());
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
     let mut export_error = None;
-    if exporter_configured() {
-        // The blocking client runs on the SDK's own export thread, as the crate requires.
-        alertsync_http::install_crypto();
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-        {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => export_error = Some(e.to_string()),
-        }
+    // The blocking client runs on the SDK's own export thread, as the crate requires.
+    alertsync_http::install_crypto();
+    match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+        Err(e) => export_error = Some(e.to_string()),
     }
     let provider = builder.build();
     let tracer = provider.tracer("alertsync");
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let json = std::env::var("ALERTSYNC_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let fmt_layer = line_layer(json).with_filter(filter);
+    let fmt_layer = line_layer(json).with_filter(filter());
     // Spans reach OpenTelemetry whatever RUST_LOG says: filtering is for log lines.
     // Without busy/idle time (two clock reads and a span-extension update on every poll of
     // an instrumented future) and thread attributes (a string per span): per alert, the
@@ -122,7 +132,7 @@ where
 
 /// The hex trace id of the current span, if it belongs to a valid trace.
 pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    let cx = crate::propagation::span_context(&tracing::Span::current());
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
