@@ -1,7 +1,8 @@
 //! Observability of the alertsync services.
 //!
 //! - [`traces`]: the process-wide setup: OpenTelemetry spans exported over OTLP when
-//!   configured by the standard `OTEL_*` variables, log lines (human or JSON) with trace ids.
+//!   configured by the standard `OTEL_*` variables (else spans keep only their trace and span
+//!   ids, `ids`), log lines (human or JSON) with trace ids.
 //! - [`propagation`]: W3C trace context into and out of NATS headers and HTTP requests.
 //! - [`Metrics`]: every counter, gauge and histogram the services keep, one instance per
 //!   service (so tests running several services in one process see each one's own numbers),
