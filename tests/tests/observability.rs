@@ -100,6 +100,75 @@ impl Drop for Proc {
     }
 }
 
+/// Writes a config for `destinations` (each service on its own free port), starts the three
+/// binaries with it (exporting to `otlp`, if given) and waits until each is ready. Returns the
+/// ports (ingest, enricher, forwarder), the directory holding config and logs, and the
+/// processes.
+async fn start_services(
+    nats: &NatsServer,
+    sekoia: &FakeSekoia,
+    receiver: &Receiver,
+    destinations: &str,
+    otlp: Option<&str>,
+) -> ([u16; 3], tempfile::TempDir, [Proc; 3]) {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut text = config_text(
+        &nats.url(),
+        &sekoia.base_url(),
+        &receiver.url(""),
+        destinations,
+    );
+    for port in ports {
+        text = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alertsync.toml");
+    std::fs::write(&config, text).unwrap();
+    let procs = [
+        "alertsync-ingest",
+        "alertsync-enricher",
+        "alertsync-forwarder",
+    ]
+    .map(|name| Proc::spawn(name, &config, dir.path(), otlp));
+    let client = reqwest_client();
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        assert!(
+            eventually(SOON, || async {
+                matches!(client.get(&url).send().await, Ok(r) if r.status().as_u16() == 200)
+            })
+            .await,
+            "{url} ready"
+        );
+    }
+    (ports, dir, procs)
+}
+
+/// Makes a new alert readable at the fake Sekoia and announces it on the ingest's webhook
+/// (listening on `port`), which must accept it. Returns its uuid.
+async fn announce(
+    client: &reqwest::Client,
+    port: u16,
+    sekoia: &FakeSekoia,
+    short_id: &str,
+) -> String {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    sekoia.insert_alert(alerts::new_alert(&uuid, short_id, "rule", "title"));
+    let resp = client
+        .post(format!("http://127.0.0.1:{port}/v1/alerts"))
+        .bearer_auth(WEBHOOK_TOKEN)
+        .json(&serde_json::json!({"alert_uuid": uuid}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    uuid
+}
+
 /// Checks that `text` is Prometheus/OpenMetrics text: comments, samples `name{labels} value`,
 /// and `# EOF`.
 fn assert_prometheus_text(text: &str) {
@@ -141,75 +210,20 @@ async fn one_trace_per_alert_spans_every_service_and_reaches_the_destination() {
     // "soar" fails once with 503 then delivers; "strict" refuses everything with 400.
     receiver.script("/soar", vec![Reply::status(503)]);
     receiver.always("/strict", Reply::status(400).body("{\"error\":\"no\"}"));
-    let ports = [free_port(), free_port(), free_port()];
-    let text = config_text(
-        &nats.url(),
-        &sekoia.base_url(),
-        &receiver.url(""),
+    let (ports, _dir, procs) = start_services(
+        &nats,
+        &sekoia,
+        &receiver,
         &(destination("soar", "/soar", MAIN_TEMPLATE)
             + &destination("strict", "/strict", MAIN_TEMPLATE)),
-    );
-    let mut text = text;
-    for port in ports {
-        text = text.replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("alertsync.toml");
-    std::fs::write(&config, text).unwrap();
-    let procs = [
-        Proc::spawn(
-            "alertsync-ingest",
-            &config,
-            dir.path(),
-            Some(&otlp.endpoint()),
-        ),
-        Proc::spawn(
-            "alertsync-enricher",
-            &config,
-            dir.path(),
-            Some(&otlp.endpoint()),
-        ),
-        Proc::spawn(
-            "alertsync-forwarder",
-            &config,
-            dir.path(),
-            Some(&otlp.endpoint()),
-        ),
-    ];
+        Some(&otlp.endpoint()),
+    )
+    .await;
     let client = reqwest_client();
-    for port in ports {
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        assert!(
-            eventually(SOON, || async {
-                matches!(client.get(&url).send().await, Ok(r) if r.status().as_u16() == 200)
-            })
-            .await,
-            "{url} ready"
-        );
-    }
 
     let mut uuids = Vec::new();
     for i in 0..3 {
-        let uuid = uuid::Uuid::new_v4().to_string();
-        sekoia.insert_alert(alerts::new_alert(
-            &uuid,
-            &format!("ALtrace00000{i}"),
-            "rule",
-            "title",
-        ));
-        let resp = client
-            .post(format!("http://127.0.0.1:{}/v1/alerts", ports[0]))
-            .bearer_auth(WEBHOOK_TOKEN)
-            .json(&serde_json::json!({"alert_uuid": uuid}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 202);
-        uuids.push(uuid);
+        uuids.push(announce(&client, ports[0], &sekoia, &format!("ALtrace00000{i}")).await);
     }
     assert!(
         receiver
@@ -463,57 +477,18 @@ async fn without_an_exporter_one_trace_id_still_follows_each_alert_through_the_l
     let nats = NatsServer::start().unwrap();
     let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
     let receiver = Receiver::start().await;
-    let ports = [free_port(), free_port(), free_port()];
-    let mut text = config_text(
-        &nats.url(),
-        &sekoia.base_url(),
-        &receiver.url(""),
+    let (ports, _dir, procs) = start_services(
+        &nats,
+        &sekoia,
+        &receiver,
         &destination("soar", "/soar", MAIN_TEMPLATE),
-    );
-    for port in ports {
-        text = text.replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("alertsync.toml");
-    std::fs::write(&config, text).unwrap();
-    let procs = [
-        Proc::spawn("alertsync-ingest", &config, dir.path(), None),
-        Proc::spawn("alertsync-enricher", &config, dir.path(), None),
-        Proc::spawn("alertsync-forwarder", &config, dir.path(), None),
-    ];
+        None,
+    )
+    .await;
     let client = reqwest_client();
-    for port in ports {
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        assert!(
-            eventually(SOON, || async {
-                matches!(client.get(&url).send().await, Ok(r) if r.status().as_u16() == 200)
-            })
-            .await,
-            "{url} ready"
-        );
-    }
     let mut uuids = Vec::new();
     for i in 0..2 {
-        let uuid = uuid::Uuid::new_v4().to_string();
-        sekoia.insert_alert(alerts::new_alert(
-            &uuid,
-            &format!("ALids0000{i}"),
-            "rule",
-            "t",
-        ));
-        let resp = client
-            .post(format!("http://127.0.0.1:{}/v1/alerts", ports[0]))
-            .bearer_auth(WEBHOOK_TOKEN)
-            .json(&serde_json::json!({"alert_uuid": uuid}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 202);
-        uuids.push(uuid);
+        uuids.push(announce(&client, ports[0], &sekoia, &format!("ALids0000{i}")).await);
     }
     assert!(receiver.wait_until(SOON, |r| r.len() == 2).await);
     let mut logs = Vec::new();
