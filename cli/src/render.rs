@@ -119,7 +119,7 @@ pub fn format_request(r: &Rendered, redactor: &Redactor) -> String {
     }
     out.push('\n');
     if let Some(body) = &r.body {
-        out.push_str(&redactor.redact(body));
+        out.push_str(&redactor.redact(&String::from_utf8_lossy(body)));
         out.push('\n');
     }
     out

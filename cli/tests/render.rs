@@ -246,7 +246,7 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
         assert_eq!(code, Some(0), "{stderr}");
 
         let request = dest.render(&ctx, FIXTURE_UUID).unwrap();
-        let attempt = dest.send(request).await;
+        let attempt = dest.send(&request).await;
         assert!(
             matches!(
                 attempt,

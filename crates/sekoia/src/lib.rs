@@ -69,8 +69,16 @@ pub enum KeyCheck {
 pub struct SekoiaClient {
     http: reqwest::Client,
     base: url::Url,
-    auth: String,
+    /// `{base}/v1/sic/alerts/`: Get Alert's URL is this plus a path segment and a constant
+    /// query, built without parsing a URL per alert.
+    alerts: url::Url,
+    /// `Bearer <key>`, marked sensitive (hyper then never prints it), built once rather than
+    /// validated again on every request.
+    auth: reqwest::header::HeaderValue,
 }
+
+/// Get Alert's flags, as Sekoia's trigger sends them.
+const GET_ALERT_QUERY: &str = "stix=false&comments=false&countermeasures=false&history=false";
 
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +98,20 @@ impl SekoiaClient {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
+        let mut auth =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", cfg.api_key.expose()))
+                .map_err(|_| {
+                    BuildError("sekoia.api_key holds characters an HTTP header cannot carry".into())
+                })?;
+        auth.set_sensitive(true);
+        let alerts = base
+            .join("v1/sic/alerts/")
+            .map_err(|e| BuildError(format!("sekoia.base_url: {e}")))?;
         Ok(Self {
             http,
             base,
-            auth: format!("Bearer {}", cfg.api_key.expose()),
+            alerts,
+            auth,
         })
     }
 
@@ -105,7 +123,7 @@ impl SekoiaClient {
     /// Fetches one alert and reads `H` from it. `uuid` must already be validated (it becomes a
     /// path segment).
     pub async fn get_alert<H: DeserializeOwned + Default>(&self, uuid: &str) -> GetAlert<H> {
-        let span = tracing::info_span!(
+        let span = alertsync_telemetry::detail_span!(
             "sekoia_get_alert",
             otel.kind = "client",
             http.request.method = "GET",
@@ -128,23 +146,20 @@ impl SekoiaClient {
     }
 
     async fn get_alert_in_span<H: DeserializeOwned + Default>(&self, uuid: &str) -> GetAlert<H> {
-        let mut url = self.url(&format!("v1/sic/alerts/{uuid}"));
-        url.query_pairs_mut()
-            .append_pair("stix", "false")
-            .append_pair("comments", "false")
-            .append_pair("countermeasures", "false")
-            .append_pair("history", "false");
-        let mut trace = reqwest::header::HeaderMap::new();
-        alertsync_telemetry::propagation::inject_http(&mut trace);
-        let resp = match self
-            .http
-            .get(url)
-            .headers(trace)
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-        {
+        let mut url = self.alerts.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push(uuid);
+        }
+        url.set_query(Some(GET_ALERT_QUERY));
+        let mut request = reqwest::Request::new(reqwest::Method::GET, url);
+        let headers = request.headers_mut();
+        alertsync_telemetry::propagation::inject_http(headers);
+        headers.insert(reqwest::header::AUTHORIZATION, self.auth.clone());
+        headers.insert(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        let resp = match self.http.execute(request).await {
             Ok(r) => r,
             Err(e) => {
                 return GetAlert::Transient {
@@ -194,7 +209,7 @@ impl SekoiaClient {
         let resp = self
             .http
             .get(self.url("v1/me"))
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .send()
             .await;
         match resp {
@@ -259,7 +274,7 @@ impl SekoiaClient {
         let resp = self
             .http
             .get(url)
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

@@ -10,9 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tracing::Subscriber;
 use tracing::span::{Attributes, Id};
@@ -83,13 +81,23 @@ fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T>
     .flatten()
 }
 
-/// The context `span` propagates (empty if it has no ids).
-pub(crate) fn context(span: &tracing::Span) -> opentelemetry::Context {
-    with_ids(span, |ids| {
-        SpanContext::new(ids.trace, ids.span, ids.flags, false, ids.state.clone())
+/// The span context `span` propagates, if it has ids (read under the extensions' read lock:
+/// this runs for every message and request, `set_parent` once per span).
+pub(crate) fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let span = registry.span(id)?;
+        let extensions = span.extensions();
+        let ids = extensions.get::<Ids>()?;
+        Some(SpanContext::new(
+            ids.trace,
+            ids.span,
+            ids.flags,
+            false,
+            ids.state.clone(),
+        ))
     })
-    .map(|sc| opentelemetry::Context::new().with_remote_span_context(sc))
-    .unwrap_or_default()
+    .flatten()
 }
 
 /// Makes `parent` (from incoming headers) the parent of `span`: its trace, sampling flag and

@@ -15,6 +15,33 @@ mod ids;
 pub mod propagation;
 pub mod traces;
 
+/// Whether spans that only an exported trace shows are worth creating: false when no
+/// exporter is configured (the `ids` layer is installed).
+///
+/// Without an exporter a span is seen only through its trace id (log lines, `traceparent`), and
+/// the one span each service opens per alert (the webhook request, the worker's `process`)
+/// already carries it. The steps inside it (Sekoia's Get Alert, a publish, a render, a delivery
+/// attempt) each cost the registry a slot, a parent link and an extensions map, a few percent
+/// of each service's CPU in the benchmark for nothing anyone can see.
+#[doc(hidden)]
+pub fn detail_spans() -> bool {
+    !ids::installed()
+}
+
+/// `tracing::info_span!` for a step inside an alert's span (see [`detail_spans`]): the span
+/// when traces are exported, else `Span::none()`, which the step's propagation and records
+/// then skip, so that the enclosing span's context is the one that travels on.
+#[macro_export]
+macro_rules! detail_span {
+    ($($arg:tt)*) => {
+        if $crate::detail_spans() {
+            ::tracing::info_span!($($arg)*)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,16 +1,12 @@
 //! W3C trace context (`traceparent`, `tracestate`) in NATS headers and HTTP requests, so one
 //! trace follows an alert from the webhook through every stage into the destination.
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-struct NatsInjector<'a>(&'a mut async_nats::HeaderMap);
-
-impl Injector for NatsInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
-    }
-}
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 struct NatsExtractor<'a>(&'a async_nats::HeaderMap);
 
@@ -23,42 +19,55 @@ impl Extractor for NatsExtractor<'_> {
     }
 }
 
-struct HttpInjector<'a>(&'a mut reqwest::header::HeaderMap);
-
-impl Injector for HttpInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            reqwest::header::HeaderName::from_bytes(key.as_bytes()),
-            reqwest::header::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(k, v);
-        }
+/// The span context `span` propagates, from whichever layer `traces::init` installed
+/// (invalid when it has none).
+pub(crate) fn span_context(span: &tracing::Span) -> SpanContext {
+    if crate::ids::installed() {
+        crate::ids::span_context(span).unwrap_or_else(SpanContext::empty_context)
+    } else {
+        span.context().span().span_context().clone()
     }
 }
 
-/// The context `span` propagates, from whichever layer `traces::init` installed.
-pub(crate) fn span_context(span: &tracing::Span) -> opentelemetry::Context {
-    if crate::ids::installed() {
-        crate::ids::context(span)
-    } else {
-        span.context()
+/// `traceparent` and `tracestate` (when not empty) of the current span, formatted as the
+/// W3C trace-context propagator formats them (version 00, only the sampled flag), without
+/// its per-call boxing and `String` per header: this runs for every message and request.
+fn current_headers() -> Option<(String, Option<String>)> {
+    let sc = span_context(&tracing::Span::current());
+    if !sc.is_valid() {
+        return None;
     }
+    let parent = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags() & TraceFlags::SAMPLED
+    );
+    let state = sc.trace_state().header();
+    Some((parent, (!state.is_empty()).then_some(state)))
 }
 
 /// Writes the current span's context into NATS headers.
 pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
-    let cx = span_context(&tracing::Span::current());
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut NatsInjector(headers))
-    });
+    if let Some((parent, state)) = current_headers() {
+        headers.insert(TRACEPARENT, parent.as_str());
+        if let Some(state) = state {
+            headers.insert(TRACESTATE, state.as_str());
+        }
+    }
 }
 
 /// Writes the current span's context into HTTP request headers.
 pub fn inject_http(headers: &mut reqwest::header::HeaderMap) {
-    let cx = span_context(&tracing::Span::current());
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HttpInjector(headers))
-    });
+    use reqwest::header::{HeaderName, HeaderValue};
+    if let Some((parent, state)) = current_headers() {
+        if let Ok(v) = HeaderValue::try_from(parent) {
+            headers.insert(HeaderName::from_static(TRACEPARENT), v);
+        }
+        if let Some(v) = state.and_then(|s| HeaderValue::try_from(s).ok()) {
+            headers.insert(HeaderName::from_static(TRACESTATE), v);
+        }
+    }
 }
 
 /// Makes the context carried by `headers` (if any) the parent of `span`. Call before the span

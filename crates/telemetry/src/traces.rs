@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format::Writer};
@@ -132,8 +132,7 @@ where
 
 /// The hex trace id of the current span, if it belongs to a valid trace.
 pub fn current_trace_id() -> Option<String> {
-    let cx = crate::propagation::span_context(&tracing::Span::current());
-    let sc = cx.span().span_context().clone();
+    let sc = crate::propagation::span_context(&tracing::Span::current());
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 

@@ -9,37 +9,165 @@
 
 use alertsync_config::EnricherConfig;
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// The few fields of a Get Alert body the enricher routes on. The Sekoia client reads them in
 /// the same pass that checks the body, with a typed parse that skips everything else without
-/// building it: the body itself travels on as bytes, so the enricher never builds the whole
-/// alert as a JSON tree (twice as much CPU, BENCHMARKS.md). A body that is a JSON object but
-/// does not fit (a repeated field) gives an empty head, as before: the alert still goes on.
+/// building it: the body itself travels on as bytes, so the enricher never builds the alert, or
+/// any part of it, as a JSON tree (BENCHMARKS.md: the whole tree cost twice as much CPU, and
+/// the `rule` object alone 2 % of the enricher's). A body that is a JSON object but does not fit
+/// (a repeated top-level field) gives an empty head, as before: the alert still goes on.
 #[derive(Debug, Default, Deserialize)]
 pub struct AlertHead {
     /// Values are kept loose: a field of an unexpected type must not fail the whole parse.
     #[serde(default)]
-    short_id: Option<Value>,
+    short_id: Loose,
     #[serde(default)]
-    community_uuid: Option<Value>,
+    community_uuid: Loose,
     #[serde(default)]
-    rule: Option<Value>,
+    rule: RuleHead,
 }
 
 impl AlertHead {
     /// `short_id`, when it is a string.
     pub fn short_id(&self) -> Option<&str> {
-        self.short_id.as_ref().and_then(Value::as_str)
+        self.short_id.0.as_deref()
     }
 
     /// `community_uuid`, when it is a string.
     pub fn community_uuid(&self) -> Option<&str> {
-        self.community_uuid.as_ref().and_then(Value::as_str)
+        self.community_uuid.0.as_deref()
     }
 
-    fn rule(&self, field: &str) -> Option<&str> {
-        self.rule.as_ref()?.get(field)?.as_str()
+    fn rule(&self, field: RuleField) -> Option<&str> {
+        match field {
+            RuleField::Name => self.rule.name.0.as_deref(),
+            RuleField::Uuid => self.rule.uuid.0.as_deref(),
+            RuleField::Other => None,
+        }
+    }
+}
+
+/// A string when the JSON value is one; any other value is skipped, and is no error.
+#[derive(Debug, Default)]
+struct Loose(Option<String>);
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Loose;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Loose, E> {
+                Ok(Loose(Some(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Loose, E> {
+                Ok(Loose(Some(v)))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Loose, D::Error> {
+                Loose::deserialize(d)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Loose, E> {
+                Ok(Loose(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
+                Ok(Loose(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Loose, E> {
+                Ok(Loose(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Loose, E> {
+                Ok(Loose(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Loose, E> {
+                Ok(Loose(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Loose, E> {
+                Ok(Loose(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Loose(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Loose(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `rule.name` and `rule.uuid` when `rule` is an object (the last of a repeated key, as a JSON
+/// tree would keep it); `rule` of any other type, like any other field of it, is skipped.
+#[derive(Debug, Default)]
+struct RuleHead {
+    name: Loose,
+    uuid: Loose,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum RuleField {
+    Name,
+    Uuid,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for RuleHead {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RuleHead;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<RuleHead, A::Error> {
+                let mut rule = RuleHead::default();
+                while let Some(key) = a.next_key::<RuleField>()? {
+                    match key {
+                        RuleField::Name => rule.name = a.next_value()?,
+                        RuleField::Uuid => rule.uuid = a.next_value()?,
+                        RuleField::Other => {
+                            a.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(rule)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RuleHead, D::Error> {
+                RuleHead::deserialize(d)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<RuleHead, E> {
+                Ok(RuleHead::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RuleHead, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(RuleHead::default())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -63,8 +191,8 @@ impl TriggerFilter {
 
     /// `None` when `alert` passes, else the name of the filter that stopped it.
     pub fn rejects(&self, alert: &AlertHead) -> Option<&'static str> {
-        let name = alert.rule("name");
-        let uuid = alert.rule("uuid");
+        let name = alert.rule(RuleField::Name);
+        let uuid = alert.rule(RuleField::Uuid);
         if let Some(f) = &self.rule_filter
             && name != Some(f.as_str())
             && uuid != Some(f.as_str())
@@ -114,8 +242,38 @@ mod tests {
         .unwrap();
         assert_eq!(h.short_id(), Some("ALx"));
         assert_eq!(h.community_uuid(), None);
-        assert_eq!(h.rule("name"), Some("R"));
-        assert_eq!(h.rule("uuid"), None);
+        assert_eq!(h.rule(RuleField::Name), Some("R"));
+        assert_eq!(h.rule(RuleField::Uuid), None);
+    }
+
+    #[test]
+    fn odd_types_anywhere_in_the_head_are_skipped_not_fatal() {
+        let odd = [
+            r#"{"rule":"R","short_id":null,"community_uuid":{"a":[1]}}"#,
+            r#"{"rule":[{"name":"R"}],"short_id":1.5,"community_uuid":[]}"#,
+            r#"{"rule":null,"short_id":true,"community_uuid":-3}"#,
+            r#"{"rule":{"name":7,"uuid":{"x":"y"},"pattern":{"a":[1,2]}}}"#,
+        ];
+        for body in odd {
+            let h: AlertHead = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(
+                (
+                    h.short_id(),
+                    h.community_uuid(),
+                    h.rule(RuleField::Name),
+                    h.rule(RuleField::Uuid)
+                ),
+                (None, None, None, None),
+                "{body}"
+            );
+        }
+        // Inside `rule`, as in a JSON tree, the last of a repeated key wins.
+        let h: AlertHead = serde_json::from_str(
+            r#"{"rule":{"name":"first","uuid":"u","severity":{"v":[65]},"name":"last"}}"#,
+        )
+        .unwrap();
+        assert_eq!(h.rule(RuleField::Name), Some("last"));
+        assert_eq!(h.rule(RuleField::Uuid), Some("u"));
     }
 
     #[test]

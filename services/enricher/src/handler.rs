@@ -128,7 +128,7 @@ impl EnrichHandler {
                 .unwrap_or_default();
         }
         let subject = self.parts.subjects.enriched(&created.community_uuid);
-        let span = tracing::info_span!(
+        let span = alertsync_telemetry::detail_span!(
             "publish",
             otel.kind = "producer",
             messaging.system = "nats",

@@ -33,8 +33,8 @@ pub struct Rendered {
     pub url: url::Url,
     /// Headers, in send order.
     pub headers: HeaderMap,
-    /// JSON body text.
-    pub body: Option<String>,
+    /// JSON body text (UTF-8; `Bytes` so that an attempt sends it without a copy).
+    pub body: Option<bytes::Bytes>,
 }
 
 /// The result of one attempt.
@@ -178,7 +178,7 @@ impl Destination {
                 if !headers.contains_key(CONTENT_TYPE) {
                     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 }
-                Some(text)
+                Some(bytes::Bytes::from(text))
             }
         };
         let idempotency = HeaderName::from_static("idempotency-key");
@@ -197,13 +197,15 @@ impl Destination {
         })
     }
 
-    /// Makes one attempt.
-    pub async fn send(&self, r: Rendered) -> Attempt {
-        let mut req = self.client.request(r.method, r.url).headers(r.headers);
-        if let Some(body) = r.body {
-            req = req.body(body);
+    /// Makes one attempt, with the current span's trace context as `traceparent`.
+    pub async fn send(&self, r: &Rendered) -> Attempt {
+        let mut req = reqwest::Request::new(r.method.clone(), r.url.clone());
+        *req.headers_mut() = r.headers.clone();
+        alertsync_telemetry::propagation::inject_http(req.headers_mut());
+        if let Some(body) = &r.body {
+            *req.body_mut() = Some(body.clone().into());
         }
-        let resp = match req.send().await {
+        let resp = match self.client.execute(req).await {
             Ok(resp) => resp,
             Err(e) => {
                 return Attempt::Failed {

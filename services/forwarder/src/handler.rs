@@ -71,14 +71,15 @@ impl ForwardHandler {
     }
 
     /// One attempt, in its own `deliver` client span whose context the destination receives
-    /// as `traceparent`, so the external tool can find the alert's trace.
+    /// as `traceparent`, so the external tool can find the alert's trace (without an exporter
+    /// there is no such span, and `traceparent` carries the alert's `process` span).
     async fn send(
         &self,
         request: &crate::destination::Rendered,
         uuid: &str,
         attempt: u32,
     ) -> (Attempt, tracing::Span) {
-        let span = tracing::info_span!(
+        let span = alertsync_telemetry::detail_span!(
             "deliver",
             otel.kind = "client",
             http.request.method = %request.method,
@@ -90,8 +91,6 @@ impl ForwardHandler {
             otel.status_code = tracing::field::Empty,
             error.message = tracing::field::Empty,
         );
-        let mut request = request.clone();
-        span.in_scope(|| alertsync_telemetry::propagation::inject_http(&mut request.headers));
         let attempt = self.dest.send(request).instrument(span.clone()).await;
         (attempt, span)
     }
@@ -189,13 +188,13 @@ impl Handler for ForwardHandler {
         }
         let ctx = Context::from_raw(&alert);
         let rendered =
-            tracing::info_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
+            alertsync_telemetry::detail_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
                 .in_scope(|| self.dest.render(&ctx, &uuid));
         let request = match rendered {
             Ok(r) => r,
             Err(reason) => return self.dead("render", reason, None, &uuid),
         };
-        let body_bytes = request.body.as_ref().map_or(0, String::len);
+        let body_bytes = request.body.as_ref().map_or(0, bytes::Bytes::len);
         loop {
             let pass = match self.gate.turn(d).await {
                 Turn::Go(pass) => pass,

@@ -130,13 +130,12 @@ impl DeliveryRecords {
 }
 
 /// A record: when (this write), the status and the attempt (0 when written late, from memory).
+/// Written by hand, as every field is a number or a timestamp: one per delivery.
 fn value(status: u16, attempt: u32) -> String {
-    serde_json::json!({
-        "delivered_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "status": status,
-        "attempt": attempt,
-    })
-    .to_string()
+    format!(
+        r#"{{"delivered_at":"{}","status":{status},"attempt":{attempt}}}"#,
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
 }
 
 #[cfg(test)]
@@ -154,5 +153,14 @@ mod tests {
         assert!(r.set.contains(&format!("k{}", RECENT_CAPACITY + 9)));
         r.insert(format!("k{}", RECENT_CAPACITY + 9));
         assert_eq!(r.order.len(), RECENT_CAPACITY);
+    }
+
+    #[test]
+    fn a_record_is_a_json_object_with_when_what_and_which_attempt() {
+        let v: serde_json::Value = serde_json::from_str(&value(201, 3)).unwrap();
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["attempt"], 3);
+        let at = v["delivered_at"].as_str().unwrap();
+        chrono::DateTime::parse_from_rfc3339(at).unwrap();
     }
 }

@@ -76,7 +76,7 @@ impl Publisher {
         source: v1::Source,
     ) -> Result<Verdict, PublishError> {
         let subject = self.subjects.created(&event.alert_uuid);
-        let span = tracing::info_span!(
+        let span = alertsync_telemetry::detail_span!(
             "publish",
             otel.kind = "producer",
             messaging.system = "nats",
