@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let descriptors = protox::compile(files, ["."])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    prost_build::Config::new()
+        // The alert itself (a few KiB) as `Bytes`: the enricher hands over the body it got
+        // and the forwarder decodes it as a slice of the message, neither copying it.
+        .bytes([".alertsync.v1.EnrichedAlert.alert_json"])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -69,7 +69,7 @@ mod tests {
                 source: Source::Webhook as i32,
                 ..Default::default()
             }),
-            alert_json: raw.clone(),
+            alert_json: raw.clone().into(),
             fetched_at: Some(super::time::now()),
         };
         let back = EnrichedAlert::decode(msg.encode_to_vec().as_slice()).unwrap();

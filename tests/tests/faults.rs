@@ -392,7 +392,7 @@ async fn poison_on_every_subject_is_dead_lettered_with_reasons_while_alerts_keep
             alert_uuid: uuid::Uuid::new_v4().to_string(),
             ..Default::default()
         }),
-        alert_json: b"{not json".to_vec(),
+        alert_json: b"{not json".to_vec().into(),
         fetched_at: None,
     };
     let bad_uuid = v1::AlertCreated {

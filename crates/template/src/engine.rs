@@ -134,9 +134,10 @@ impl BodyTemplate {
     /// Renders the body for one alert. The result always parses as JSON.
     pub fn render(&self, ctx: &Context) -> Result<String, RenderError> {
         let body = self.compiled.render(ctx)?;
-        // Structured output is valid by construction; checking it too costs about a
-        // microsecond and keeps the guarantee in one place.
-        serde_json::from_str::<serde_json::Value>(&body)
+        // Structured output is valid by construction; checking it too keeps the guarantee in
+        // one place. A syntax check, without building the body as a JSON tree (which was 2 %
+        // of the forwarder's CPU in the benchmark's profile).
+        serde_json::from_str::<serde::de::IgnoredAny>(&body)
             .map_err(|err| RenderError::InvalidJson(err.to_string()))?;
         Ok(body)
     }

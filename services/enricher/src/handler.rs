@@ -139,7 +139,7 @@ impl EnrichHandler {
         );
         let msg = v1::EnrichedAlert {
             created: Some(created),
-            alert_json: body.to_vec(),
+            alert_json: body,
             fetched_at: Some(time::now()),
         };
         let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();

@@ -109,7 +109,8 @@ impl ForwardHandler {
 impl Handler for ForwardHandler {
     async fn handle(&self, d: &Delivery) -> Outcome {
         let name = self.dest.name.as_str();
-        let enriched = match v1::EnrichedAlert::decode(d.payload.as_ref()) {
+        // From `Bytes`, so that the alert comes out as a slice of the message, not a copy.
+        let enriched = match v1::EnrichedAlert::decode(d.payload.clone()) {
             Ok(m) => m,
             Err(e) => {
                 return self.dead(
@@ -153,12 +154,12 @@ impl Handler for ForwardHandler {
             }
         }
         // Read in place: only what the filter and the templates look at is ever parsed.
-        let text = match String::from_utf8(enriched.alert_json) {
+        let text = match std::str::from_utf8(&enriched.alert_json) {
             Ok(t) => t,
             Err(e) => {
                 return self.dead(
                     "poison",
-                    format!("poison: the alert body is not UTF-8: {}", e.utf8_error()),
+                    format!("poison: the alert body is not UTF-8: {e}"),
                     None,
                     &uuid,
                 );
