@@ -623,8 +623,15 @@ impl Config {
                             if !matches!(s.base_url.scheme(), "http" | "https") {
                                 problems.push("sekoia.base_url: must be an http(s) URL".into());
                             }
-                            if s.api_key.expose().trim().is_empty() {
+                            let key = s.api_key.expose();
+                            if key.trim().is_empty() {
                                 problems.push("sekoia.api_key: must not be empty".into());
+                            } else if key.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                                // It goes into the Authorization header, which cannot carry it.
+                                problems.push(
+                                    "sekoia.api_key: holds a control character (a trailing line break?)"
+                                        .into(),
+                                );
                             }
                         }
                     }
@@ -987,6 +994,18 @@ json = '''{"alert_short_id":"{{ node.0['alert_uuid'] }}", "rule_name":"{{ node.1
             cfg.destination("sekoia-intake").unwrap().max_body_bytes,
             Some(250000)
         );
+    }
+
+    #[test]
+    fn an_api_key_with_a_line_break_is_refused_without_quoting_it() {
+        let lookup = |name: &str| (name == "SEKOIA_API_KEY").then(|| "k-123-secret\n".to_string());
+        let err = Config::parse(ISSUE_EXAMPLE, &lookup, &[Stage::Enricher]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("sekoia.api_key: holds a control character"),
+            "{msg}"
+        );
+        assert!(!msg.contains("k-123-secret"), "{msg}");
     }
 
     #[test]
