@@ -315,3 +315,47 @@ async fn an_alert_the_destination_filters_out_is_rendered_with_a_note_saying_so(
     );
     assert_eq!(stdout, expected_soar());
 }
+
+/// A destination that answers its 2xx with a body of some size (many create-alert APIs return
+/// the created object) still gets every delivery over one kept-alive connection: a dropped,
+/// half-read body would make hyper close it, and each delivery would then pay a new TCP (and
+/// TLS) handshake.
+#[tokio::test]
+async fn deliveries_to_a_destination_answering_with_a_body_reuse_one_connection() {
+    let receiver = Receiver::start().await;
+    let answer = format!("{{\"id\":\"{}\"}}", "x".repeat(48 * 1024));
+    receiver.always(
+        "/soar",
+        alertsync_standins::Reply::status(201).body(&answer),
+    );
+    let config = example_config().edit("https://soar.example/api/alerts", &receiver.url("/soar"));
+    let parsed = Config::parse(&config, &env, &[Stage::Forwarder]).unwrap();
+    let destinations = alertsync_forwarder::compile_destinations(&parsed).unwrap();
+    let dest = destinations.iter().find(|d| d.name == "soar").unwrap();
+    let alert: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
+    let request = dest
+        .render(&alertsync_template::Context::new(&alert), FIXTURE_UUID)
+        .unwrap();
+    for _ in 0..4 {
+        let attempt = dest.send(&request).await;
+        assert!(
+            matches!(
+                attempt,
+                alertsync_forwarder::destination::Attempt::Delivered(201)
+            ),
+            "{attempt:?}"
+        );
+    }
+    let peers: Vec<_> = receiver
+        .requests_to("/soar")
+        .iter()
+        .map(|r| r.peer)
+        .collect();
+    assert_eq!(peers.len(), 4);
+    assert!(peers[0].is_some(), "the receiver records the peer address");
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one connection for all deliveries, got {peers:?}"
+    );
+}

@@ -24,7 +24,10 @@ async fn serve_on(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        // With the peer address in each request's extensions: the receiver records it, so
+        // tests can tell whether a client reused its connection.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let _ = axum::serve(listener, service).await;
     });
     Ok(addr)
 }

@@ -32,6 +32,9 @@ pub struct Recorded {
     pub at: SystemTime,
     /// Status answered.
     pub status: u16,
+    /// The client's address: one per connection, so repeated requests from one address
+    /// came over one kept-alive connection.
+    pub peer: Option<SocketAddr>,
 }
 
 impl Recorded {
@@ -206,6 +209,10 @@ async fn record(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         body,
         at: SystemTime::now(),
         status: reply.status,
+        peer: parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
     };
     if let Some(cb) = inner.callback.lock().unwrap().as_ref() {
         cb(&recorded);

@@ -11,6 +11,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 /// Longest excerpt of an error response kept in a dead-letter reason.
 const RESPONSE_EXCERPT: usize = 300;
+/// Largest success body read to its end so that its connection can be reused.
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// A destination could not be set up: names the destination and the field.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +222,7 @@ impl Destination {
         let code = status.as_u16();
         let class = classify(code);
         if class == Class::Success {
+            drain(resp).await;
             return Attempt::Delivered(code);
         }
         let wait = retry_after(resp.headers());
@@ -244,6 +247,21 @@ impl Destination {
                 "destination answered {code} {}{excerpt}",
                 status.canonical_reason().unwrap_or("")
             )),
+        }
+    }
+}
+
+/// Reads a success response's body to its end (up to [`DRAIN_LIMIT`]) and drops it. hyper
+/// reuses a connection only when the last response was read entirely; dropping a body that
+/// had not all arrived yet closed it, so each delivery to a destination that answers with the
+/// created object (a few KiB is enough) paid a new TCP and TLS handshake. The delivery has
+/// happened whatever this read does: an error or a larger body only costs the connection.
+async fn drain(mut resp: reqwest::Response) {
+    let mut read = 0;
+    while read <= DRAIN_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
         }
     }
 }
