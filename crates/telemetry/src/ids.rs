@@ -16,7 +16,7 @@ use tracing::Subscriber;
 use tracing::span::{Attributes, Id};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 /// Whether [`IdsLayer`] is the installed layer (set once, by `traces::init`).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -70,13 +70,14 @@ where
     }
 }
 
-/// Runs `f` on the ids of `span`, if it has some.
-fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T> {
+/// Runs `f` on `span`'s entry in the registry, if it has one.
+fn with_span<T>(
+    span: &tracing::Span,
+    f: impl FnOnce(SpanRef<'_, tracing_subscriber::Registry>) -> Option<T>,
+) -> Option<T> {
     span.with_subscriber(|(id, dispatch)| {
         let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-        let span = registry.span(id)?;
-        let mut extensions = span.extensions_mut();
-        extensions.get_mut::<Ids>().map(f)
+        f(registry.span(id)?)
     })
     .flatten()
 }
@@ -84,9 +85,7 @@ fn with_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut Ids) -> T) -> Option<T>
 /// The span context `span` propagates, if it has ids (read under the extensions' read lock:
 /// this runs for every message and request, `set_parent` once per span).
 pub(crate) fn span_context(span: &tracing::Span) -> Option<SpanContext> {
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-        let span = registry.span(id)?;
+    with_span(span, |span| {
         let extensions = span.extensions();
         let ids = extensions.get::<Ids>()?;
         Some(SpanContext::new(
@@ -97,15 +96,17 @@ pub(crate) fn span_context(span: &tracing::Span) -> Option<SpanContext> {
             ids.state.clone(),
         ))
     })
-    .flatten()
 }
 
 /// Makes `parent` (from incoming headers) the parent of `span`: its trace, sampling flag and
 /// trace state. Spans created under `span` afterwards inherit them.
 pub(crate) fn set_parent(span: &tracing::Span, parent: &SpanContext) {
-    with_ids(span, |ids| {
+    with_span(span, |span| {
+        let mut extensions = span.extensions_mut();
+        let ids = extensions.get_mut::<Ids>()?;
         ids.trace = parent.trace_id();
         ids.flags = parent.trace_flags();
         ids.state = parent.trace_state().clone();
+        Some(())
     });
 }

@@ -48,55 +48,75 @@ impl AlertHead {
     }
 }
 
+/// A head field read loosely: it keeps what it wants of one JSON type (a string, an object)
+/// and takes any other value as its default, skipped without building it and without error.
+trait Lenient<'de>: Default + Sized {
+    /// The value when the JSON value is a string.
+    fn from_str(_: &str) -> Self {
+        Self::default()
+    }
+
+    /// The value when the JSON value is an object (default: skipped).
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+}
+
+/// The one visitor of every [`Lenient`] type: whatever the JSON type, never an error.
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Ok(T::from_str(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::from_map(map)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(T::default())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<T, E> {
+        Ok(T::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Ok(T::default())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+        Ok(T::default())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
+        Ok(T::default())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
+        Ok(T::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+        Ok(T::default())
+    }
+}
+
 /// A string when the JSON value is one; any other value is skipped, and is no error.
 #[derive(Debug, Default)]
 struct Loose(Option<String>);
 
+impl Lenient<'_> for Loose {
+    fn from_str(v: &str) -> Self {
+        Loose(Some(v.to_owned()))
+    }
+}
+
 impl<'de> Deserialize<'de> for Loose {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Loose;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Loose, E> {
-                Ok(Loose(Some(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Loose, E> {
-                Ok(Loose(Some(v)))
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Loose, D::Error> {
-                Loose::deserialize(d)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Loose, E> {
-                Ok(Loose(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
-                Ok(Loose(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Loose, E> {
-                Ok(Loose(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Loose, E> {
-                Ok(Loose(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Loose, E> {
-                Ok(Loose(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Loose, E> {
-                Ok(Loose(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Loose(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Loose(None))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(LenientVisitor(std::marker::PhantomData))
     }
 }
 
@@ -117,57 +137,25 @@ enum RuleField {
     Other,
 }
 
-impl<'de> Deserialize<'de> for RuleHead {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RuleHead;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<RuleHead, A::Error> {
-                let mut rule = RuleHead::default();
-                while let Some(key) = a.next_key::<RuleField>()? {
-                    match key {
-                        RuleField::Name => rule.name = a.next_value()?,
-                        RuleField::Uuid => rule.uuid = a.next_value()?,
-                        RuleField::Other => {
-                            a.next_value::<IgnoredAny>()?;
-                        }
-                    }
+impl<'de> Lenient<'de> for RuleHead {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut rule = RuleHead::default();
+        while let Some(key) = map.next_key::<RuleField>()? {
+            match key {
+                RuleField::Name => rule.name = map.next_value()?,
+                RuleField::Uuid => rule.uuid = map.next_value()?,
+                RuleField::Other => {
+                    map.next_value::<IgnoredAny>()?;
                 }
-                Ok(rule)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RuleHead, D::Error> {
-                RuleHead::deserialize(d)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<RuleHead, E> {
-                Ok(RuleHead::default())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RuleHead, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(RuleHead::default())
             }
         }
-        d.deserialize_any(V)
+        Ok(rule)
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleHead {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor(std::marker::PhantomData))
     }
 }
 
