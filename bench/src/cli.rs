@@ -52,6 +52,10 @@ pub struct Args {
     /// Do not run the project (ceiling only).
     #[arg(long)]
     pub no_project: bool,
+    /// Run the project as one `alertsync run` process (every stage in one process, the
+    /// container image's default) instead of three separate service processes.
+    #[arg(long)]
+    pub one_process: bool,
     /// Set `enricher.concurrency` and the destination's `concurrency` (default: the
     /// services' defaults).
     #[arg(long)]
@@ -128,6 +132,7 @@ impl Args {
             warmup: if self.short { 20 } else { self.warmup },
             project: !self.no_project,
             ceiling: !self.no_ceiling,
+            one_process: self.one_process,
             bin_dir,
             service_concurrency: self.service_concurrency,
             ceiling_concurrency: self.ceiling_concurrency.max(1),

@@ -105,24 +105,25 @@ impl Drop for RssSampler {
 pub struct Service {
     /// Its name (`alertsync-ingest`…).
     pub name: String,
-    /// Its health and readiness address.
-    pub listen: std::net::SocketAddr,
+    /// Its health and readiness addresses (one per stage it runs; the first is where the
+    /// ingest's webhook is when it runs the ingest).
+    pub listen: Vec<std::net::SocketAddr>,
     child: Child,
     log: PathBuf,
 }
 
 impl Service {
-    /// Starts `bin_dir/name --config config` with exactly `env` (nothing else is inherited, so
-    /// no `OTEL_*` or `RUST_LOG` of the caller leaks in), logging to `dir/<name>.log`.
+    /// Starts `binary args.. --config config` with exactly `env` (nothing else is inherited,
+    /// so no `OTEL_*` or `RUST_LOG` of the caller leaks in), logging to `dir/<name>.log`.
     pub fn spawn(
-        bin_dir: &Path,
+        binary: &Path,
         name: &str,
+        args: &[&str],
         config: &Path,
         env: &[(&str, &str)],
-        listen: std::net::SocketAddr,
+        listen: &[std::net::SocketAddr],
         dir: &Path,
     ) -> anyhow::Result<Self> {
-        let binary = bin_dir.join(name);
         anyhow::ensure!(
             binary.is_file(),
             "{} is missing: build the services first (`cargo build --release --bins`, or pass \
@@ -131,8 +132,9 @@ impl Service {
         );
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(&binary);
-        cmd.arg("--config")
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .arg("--config")
             .arg(config)
             .env_clear()
             .stdin(Stdio::null())
@@ -146,7 +148,7 @@ impl Service {
             .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", binary.display()))?;
         Ok(Self {
             name: name.to_string(),
-            listen,
+            listen: listen.to_vec(),
             child,
             log,
         })

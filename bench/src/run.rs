@@ -30,6 +30,8 @@ const SERVICES: [&str; 3] = [
     "alertsync-enricher",
     "alertsync-forwarder",
 ];
+/// The one-process form of the project: `alertsync run`, reported under this name.
+const ONE_PROCESS: &str = "alertsync-run";
 /// Longest wait for a service to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// A run ends when nothing new arrived for this long…
@@ -58,6 +60,8 @@ pub struct Plan {
     pub project: bool,
     /// Drive the ceiling.
     pub ceiling: bool,
+    /// Run the project as one `alertsync run` process instead of three.
+    pub one_process: bool,
     /// Directory of the service binaries.
     pub bin_dir: PathBuf,
     /// `enricher.concurrency` and each destination's `concurrency`, if not the defaults.
@@ -263,22 +267,28 @@ json = '''{MAIN_TEMPLATE}'''
     )
 }
 
-/// Polls `GET http://<addr>/readyz` every 5 ms until it answers 200; returns the time since
-/// `spawned`. Fails if the process exits or [`READY_DEADLINE`] passes.
+/// Polls `GET http://<addr>/readyz` of each of the service's addresses every 5 ms until it
+/// answers 200; returns the time since `spawned` at which the last one did. Fails if the
+/// process exits or [`READY_DEADLINE`] passes.
 async fn wait_ready(
     client: &Client,
     service: &mut Service,
     spawned: Instant,
 ) -> anyhow::Result<f64> {
-    let uri: hyper::Uri = format!("http://{}/readyz", service.listen).parse()?;
     let deadline = spawned + READY_DEADLINE;
+    let mut waiting = service.listen.clone();
     loop {
-        let req = Request::get(uri.clone()).body(wire::Body::default())?;
+        let Some(addr) = waiting.first() else {
+            return Ok(spawned.elapsed().as_secs_f64() * 1e3);
+        };
+        let uri: hyper::Uri = format!("http://{addr}/readyz").parse()?;
+        let req = Request::get(uri).body(wire::Body::default())?;
         if let Ok(resp) = client.request(req).await {
             let ok = resp.status() == StatusCode::OK;
             let _ = wire::read_body(resp.into_body()).await;
             if ok {
-                return Ok(spawned.elapsed().as_secs_f64() * 1e3);
+                waiting.remove(0);
+                continue;
             }
         }
         if let Some(status) = service.exited() {
@@ -389,15 +399,29 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         let spawned = Instant::now();
-        for (name, addr) in SERVICES.iter().zip(listen) {
+        if plan.one_process {
+            // Every stage in one process, each still serving its own listen address.
             services.push(Service::spawn(
-                &plan.bin_dir,
-                name,
+                &plan.bin_dir.join("alertsync"),
+                ONE_PROCESS,
+                &["run"],
                 &config,
                 &env,
-                addr,
+                &listen,
                 dir.path(),
             )?);
+        } else {
+            for (name, addr) in SERVICES.iter().zip(listen) {
+                services.push(Service::spawn(
+                    &plan.bin_dir.join(name),
+                    name,
+                    &[],
+                    &config,
+                    &env,
+                    &[addr],
+                    dir.path(),
+                )?);
+            }
         }
         let mut ready = Vec::new();
         for s in &mut services {
@@ -465,7 +489,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     if plan.project {
         targets.push(Target {
             who: Who::Project,
-            webhook: format!("http://{}/v1/alerts", services[0].listen),
+            webhook: format!("http://{}/v1/alerts", services[0].listen[0]),
             pids: pids
                 .iter()
                 .filter(|(n, _)| n.starts_with("alertsync-"))
