@@ -82,6 +82,13 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
         .and_then(|u| u.as_str())
         .context("the alert has no \"uuid\" string: pass an alert as Get Alert returns it")?
         .to_string();
+    if let Some(field) = trigger_filter_field(&config, &alert) {
+        eprintln!(
+            "note: {field} filters this alert out: the enricher would acknowledge it without \
+             enriching it, and no destination would get it. The request it would otherwise \
+             send:"
+        );
+    }
     if let Some(condition) = alertsync_forwarder::filter::Filter::new(&dcfg.filter).rejects(&alert)
     {
         eprintln!(
@@ -101,6 +108,25 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
     })?;
     print!("{}", format_request(&rendered, &config.redactor));
     Ok(())
+}
+
+/// The config field of the enricher's (the Alert Created trigger's) filter that would stop
+/// `alert` before any destination sees it, read with the enricher's own filter.
+fn trigger_filter_field(config: &Config, alert: &serde_json::Value) -> Option<&'static str> {
+    use alertsync_enricher::filter::{AlertHead, TriggerFilter};
+    let communities = config
+        .sekoia
+        .as_ref()
+        .map_or(&[][..], |s| s.communities.as_slice());
+    let filter = TriggerFilter::new(&config.enricher, communities);
+    // The head is read leniently, as the enricher reads it: odd types count as absent.
+    let head: AlertHead = serde_json::from_value(alert.clone()).unwrap_or_default();
+    Some(match filter.rejects(&head)? {
+        "rule_filter" => "enricher.rule_filter",
+        "rule_names_filter" => "enricher.rule_names_filter",
+        "community" => "sekoia.communities",
+        other => other,
+    })
 }
 
 /// The request as text: `METHOD URL`, one `name: value` line per header (credential values and

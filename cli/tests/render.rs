@@ -316,6 +316,51 @@ async fn an_alert_the_destination_filters_out_is_rendered_with_a_note_saying_so(
     assert_eq!(stdout, expected_soar());
 }
 
+#[tokio::test]
+async fn an_alert_the_trigger_filters_out_is_rendered_with_a_note_naming_the_field() {
+    let fixture = fixture();
+    // The fixture's rule is "Brute force on SSH service".
+    let filtered = example_config().edit(
+        "# rule_filter = \"Brute force on SSH service\"",
+        "rule_filter = \"Another rule\"",
+    );
+    let (code, stdout, stderr) = render(
+        &filtered,
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("enricher.rule_filter filters this alert out"),
+        "{stderr}"
+    );
+    assert_eq!(stdout, expected_soar());
+
+    // The same filter naming the fixture's rule lets it through: no note.
+    let passing = example_config().edit(
+        "# rule_filter = \"Brute force on SSH service\"",
+        "rule_filter = \"Brute force on SSH service\"",
+    );
+    let (code, stdout, stderr) = render(
+        &passing,
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("filters this alert out"), "{stderr}");
+    assert_eq!(stdout, expected_soar());
+}
+
 /// A destination that answers its 2xx with a body of some size (many create-alert APIs return
 /// the created object) still gets every delivery over one kept-alive connection: a dropped,
 /// half-read body would make hyper close it, and each delivery would then pay a new TCP (and
