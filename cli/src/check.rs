@@ -19,6 +19,8 @@ use std::time::Duration;
 use alertsync_config::{Config, ConfigError, Redactor, Stage};
 use alertsync_sekoia::{KeyCheck, SekoiaClient};
 
+use crate::run::StageArg;
+
 /// How long one network check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,24 +48,6 @@ pub struct CheckArgs {
         default_value = "ingest,enricher,forwarder"
     )]
     stages: Vec<StageArg>,
-}
-
-/// A stage name on the command line.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum StageArg {
-    Ingest,
-    Enricher,
-    Forwarder,
-}
-
-impl From<StageArg> for Stage {
-    fn from(s: StageArg) -> Stage {
-        match s {
-            StageArg::Ingest => Stage::Ingest,
-            StageArg::Enricher => Stage::Enricher,
-            StageArg::Forwarder => Stage::Forwarder,
-        }
-    }
 }
 
 /// The result lines of one run, printed as they come.

@@ -21,10 +21,14 @@ pub struct RunArgs {
     stages: Vec<StageArg>,
 }
 
+/// A stage name on the command line (`run --stages`, `check --stages`).
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum StageArg {
+pub enum StageArg {
+    /// The ingest.
     Ingest,
+    /// The enricher.
     Enricher,
+    /// The forwarder.
     Forwarder,
 }
 
