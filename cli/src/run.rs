@@ -24,11 +24,11 @@ pub struct RunArgs {
 /// A stage name on the command line (`run --stages`, `check --stages`).
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum StageArg {
-    /// The ingest.
+    /// Receives alert-created events (webhook, LiveAPI socket, poller) and publishes them.
     Ingest,
-    /// The enricher.
+    /// Calls Get Alert and publishes the enriched alert.
     Enricher,
-    /// The forwarder.
+    /// Renders each destination's request and delivers it.
     Forwarder,
 }
 
