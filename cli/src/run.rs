@@ -60,22 +60,29 @@ pub async fn run_stages(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
+    // The stages share one NATS connection: one task writes for all of them, and nats-server
+    // serves one client instead of three (BENCHMARKS.md round seven).
+    if stages.contains(&Stage::Forwarder) {
+        // A bad template fails before anything connects, as in the forwarder alone.
+        alertsync_forwarder::compile_destinations(config)?;
+    }
+    let nats = alertsync_jetstream::connect(&config.nats, "alertsync").await?;
     for stage in stages {
         match stage {
             Stage::Ingest => {
-                let s = alertsync_ingest::Ingest::build(config)
+                let s = alertsync_ingest::Ingest::build_on(config, nats.clone())
                     .await
                     .context("ingest")?;
                 tasks.spawn(s.run(shutdown.clone()));
             }
             Stage::Enricher => {
-                let s = alertsync_enricher::Enricher::build(config)
+                let s = alertsync_enricher::Enricher::build_on(config, nats.clone())
                     .await
                     .context("enricher")?;
                 tasks.spawn(s.run(shutdown.clone()));
             }
             Stage::Forwarder => {
-                let s = alertsync_forwarder::Forwarder::build(config)
+                let s = alertsync_forwarder::Forwarder::build_on(config, nats.clone())
                     .await
                     .context("forwarder")?;
                 tasks.spawn(s.run(shutdown.clone()));

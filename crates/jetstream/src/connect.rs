@@ -38,6 +38,10 @@ pub enum ConnectError {
     },
 }
 
+/// A connection and its JetStream context, as [`connect`] returns them. Stages that run in one
+/// process (`alertsync run`) share one.
+pub type Connection = (async_nats::Client, async_nats::jetstream::Context);
+
 /// Connects, checks the server version and returns the client and a JetStream context whose
 /// API calls and publish acknowledgements time out after `nats.request_timeout`.
 pub async fn connect(

@@ -20,7 +20,7 @@ pub mod subjects;
 pub mod topology;
 pub mod worker;
 
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectError, Connection, connect};
 pub use gate::{Gate, GatePolicy, GateState, GateStatus, Pass, Turn};
 pub use subjects::Subjects;
 pub use topology::Topology;

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use alertsync_config::Config;
 use alertsync_jetstream::{
-    Topology, Worker, WorkerConfig, dead_letter::DeadLetters, subjects::STAGE_ENRICH,
-    topology::ConsumerSpec,
+    Connection, Topology, Worker, WorkerConfig, connect, dead_letter::DeadLetters,
+    subjects::STAGE_ENRICH, topology::ConsumerSpec,
 };
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
@@ -45,12 +45,20 @@ impl Enricher {
     /// Connects to NATS, ensures the topology and the `enricher` consumer, binds
     /// `enricher.listen`, and starts checking the Sekoia key.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        cfg.sekoia
+            .as_ref()
+            .context("the [sekoia] section is missing")?;
+        Self::build_on(cfg, connect(&cfg.nats, "alertsync-enricher").await?).await
+    }
+
+    /// [`Enricher::build`] on an existing NATS connection (shared by the stages of one
+    /// process).
+    pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<Self> {
         let sekoia_cfg = cfg
             .sekoia
             .as_ref()
             .context("the [sekoia] section is missing")?;
         let e = &cfg.enricher;
-        let (client, js) = alertsync_jetstream::connect(&cfg.nats, "alertsync-enricher").await?;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let subjects = topology.subjects().clone();

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use alertsync_config::Config;
 use alertsync_jetstream::{
-    Gate, GatePolicy, GateState, GateStatus, Topology, Worker, WorkerConfig,
+    Connection, Gate, GatePolicy, GateState, GateStatus, Topology, Worker, WorkerConfig, connect,
     dead_letter::DeadLetters, subjects::STAGE_FORWARD, topology::ConsumerSpec,
 };
 use alertsync_runtime::Health;
@@ -92,8 +92,23 @@ impl Forwarder {
     /// Compiles the templates, connects to NATS, ensures the topology and one consumer per
     /// destination, and binds `forwarder.listen`.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        // Templates first: a bad one fails before anything connects.
         let destinations = compile_destinations(cfg)?;
-        let (client, js) = alertsync_jetstream::connect(&cfg.nats, "alertsync-forwarder").await?;
+        let nats = connect(&cfg.nats, "alertsync-forwarder").await?;
+        Self::build_with(cfg, destinations, nats).await
+    }
+
+    /// [`Forwarder::build`] on an existing NATS connection (shared by the stages of one
+    /// process).
+    pub async fn build_on(cfg: &Config, nats: Connection) -> anyhow::Result<Self> {
+        Self::build_with(cfg, compile_destinations(cfg)?, nats).await
+    }
+
+    async fn build_with(
+        cfg: &Config,
+        destinations: Vec<Destination>,
+        (client, js): Connection,
+    ) -> anyhow::Result<Self> {
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let subjects = topology.subjects().clone();

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use alertsync_config::Config;
-use alertsync_jetstream::Topology;
+use alertsync_jetstream::{Connection, Topology, connect};
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
@@ -53,11 +53,18 @@ impl Ingest {
     /// Connects to NATS, ensures the streams and buckets, binds `ingest.listen`, and prepares
     /// the live socket and the poller when they are on.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        cfg.ingest
+            .as_ref()
+            .context("the [ingest] section is missing")?;
+        Self::build_on(cfg, connect(&cfg.nats, "alertsync-ingest").await?).await
+    }
+
+    /// [`Ingest::build`] on an existing NATS connection (shared by the stages of one process).
+    pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<Self> {
         let ingest = cfg
             .ingest
             .as_ref()
             .context("the [ingest] section is missing")?;
-        let (client, js) = alertsync_jetstream::connect(&cfg.nats, "alertsync-ingest").await?;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let health = Health::with_nats(client.clone());
