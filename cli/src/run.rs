@@ -60,12 +60,12 @@ pub async fn run_stages(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    // The stages share one NATS connection: one task writes for all of them, and nats-server
-    // serves one client instead of three (BENCHMARKS.md round seven).
     if stages.contains(&Stage::Forwarder) {
         // A bad template fails before anything connects, as in the forwarder alone.
         alertsync_forwarder::compile_destinations(config)?;
     }
+    // The stages share one NATS connection: one task writes for all of them, and nats-server
+    // serves one client instead of three (BENCHMARKS.md round seven).
     let nats = alertsync_jetstream::connect(&config.nats, "alertsync").await?;
     for stage in stages {
         match stage {
