@@ -487,3 +487,62 @@ async fn the_webhook_answers_503_while_nats_is_down_and_the_pipeline_resumes_whe
     );
     p.shutdown().await;
 }
+
+/// Sekoia's API down for longer than an alert's attempts last: the enricher's circuit opens
+/// after `circuit_failures` failures in a row, so alerts wait (held, or in the stream) and
+/// burn no attempt; the enricher reports not ready; when Sekoia answers again every alert is
+/// delivered and none is dead-lettered. Without the circuit each alert would be dead-lettered
+/// after its 2 attempts.
+#[tokio::test]
+async fn a_sekoia_outage_longer_than_the_attempts_holds_alerts_until_it_ends() {
+    let enricher = "rule_names_filter = []\nmax_attempts = 2\ncircuit_failures = 2\n\
+                    probe_base_delay = \"100ms\"\nprobe_max_delay = \"300ms\"\n";
+    let p = Pipeline::start_with(
+        &destination("soar", "/soar", MAIN_TEMPLATE),
+        DEFAULT_INGEST,
+        enricher,
+    )
+    .await;
+    p.sekoia.outage(Some(503));
+    let mut uuids = Vec::new();
+    for i in 0..3 {
+        uuids.push(p.send_alert("rule", &format!("title {i}")).await);
+    }
+    let health = p.enricher_health();
+    assert!(
+        eventually(SOON, || async { !health.is_ready() }).await,
+        "the enricher reports not ready while its circuit to Sekoia is open"
+    );
+    // Three alerts with 2 attempts each make at most 6 calls before all are dead-lettered;
+    // probes going on past that show the alerts are held instead.
+    let calls = || uuids.iter().map(|u| p.sekoia.get_calls(u)).sum::<usize>();
+    assert!(
+        eventually(SOON, || async { calls() >= 9 }).await,
+        "Sekoia keeps being probed ({} calls)",
+        calls()
+    );
+    assert!(
+        p.dead_letters().await.is_empty(),
+        "nothing is dead-lettered"
+    );
+    assert!(p.receiver.requests().is_empty());
+
+    p.sekoia.outage(None);
+    assert!(
+        p.receiver.wait_until(SOON, |reqs| reqs.len() >= 3).await,
+        "every held alert is delivered once Sekoia answers"
+    );
+    let mut sent = uuids_in(&p.receiver.requests(), "alert_short_id");
+    sent.sort();
+    uuids.sort();
+    assert_eq!(sent, uuids);
+    assert!(
+        p.dead_letters().await.is_empty(),
+        "nothing is dead-lettered"
+    );
+    assert!(
+        eventually(SOON, || async { health.is_ready() }).await,
+        "the enricher is ready again"
+    );
+    p.shutdown().await;
+}

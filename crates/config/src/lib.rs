@@ -225,6 +225,18 @@ pub struct EnricherConfig {
     /// Largest retry delay (also caps `Retry-After`).
     #[serde(default = "five_minutes")]
     pub retry_max_delay: Duration,
+    /// Transient Get Alert failures in a row (5xx, timeouts, connection errors) that open the
+    /// circuit to Sekoia: the enricher stops pulling and holds its alerts, without burning
+    /// their attempts, and probes Sekoia until it answers again.
+    #[serde(default = "five")]
+    pub circuit_failures: u32,
+    /// Wait before the first probe of an open circuit (or after a 429 without `Retry-After`
+    /// ends); doubled after every failed probe.
+    #[serde(default = "five_seconds")]
+    pub probe_base_delay: Duration,
+    /// Largest wait between two probes.
+    #[serde(default = "five_minutes")]
+    pub probe_max_delay: Duration,
     /// The Alert Created trigger's `rule_filter`: only alerts whose rule name or rule uuid
     /// equals this are forwarded.
     pub rule_filter: Option<String>,
@@ -243,6 +255,9 @@ impl Default for EnricherConfig {
             not_found_attempts: 5,
             retry_base_delay: one_second(),
             retry_max_delay: five_minutes(),
+            circuit_failures: 5,
+            probe_base_delay: five_seconds(),
+            probe_max_delay: five_minutes(),
             rule_filter: None,
             rule_names_filter: Vec::new(),
         }
@@ -650,6 +665,17 @@ impl Config {
                             "enricher.retry_base_delay: must not exceed enricher.retry_max_delay"
                                 .into(),
                         );
+                    }
+                    if e.probe_base_delay.get().is_zero() || e.probe_base_delay > e.probe_max_delay
+                    {
+                        problems.push(
+                            "enricher.probe_base_delay: must be more than 0 and at most \
+                             enricher.probe_max_delay"
+                                .into(),
+                        );
+                    }
+                    if e.circuit_failures == 0 {
+                        problems.push("enricher.circuit_failures: must be at least 1".into());
                     }
                 }
                 Stage::Forwarder => {

@@ -35,6 +35,8 @@ struct Inner {
     order: Mutex<Vec<String>>,
     scripts: Mutex<HashMap<String, VecDeque<u16>>>,
     list_script: Mutex<VecDeque<u16>>,
+    /// While set, every Get Alert answers this status (an outage).
+    outage: Mutex<Option<u16>>,
     get_calls: Mutex<HashMap<String, usize>>,
     list_calls: AtomicUsize,
     auto_create: AtomicBool,
@@ -54,6 +56,7 @@ impl Default for Inner {
             order: Default::default(),
             scripts: Default::default(),
             list_script: Default::default(),
+            outage: Default::default(),
             get_calls: Default::default(),
             list_calls: Default::default(),
             auto_create: Default::default(),
@@ -167,6 +170,12 @@ impl FakeSekoia {
             .insert(uuid.to_string(), statuses.iter().copied().collect());
     }
 
+    /// While `Some(status)`, every Get Alert answers `status` (an outage of Sekoia's API);
+    /// `None` ends it.
+    pub fn outage(&self, status: Option<u16>) {
+        *self.inner.outage.lock().unwrap() = status;
+    }
+
     /// Changes the accepted key (simulates a rotated or revoked key).
     pub fn set_api_key(&self, key: &str) {
         *self.inner.api_key.lock().unwrap() = key.to_string();
@@ -222,12 +231,15 @@ async fn get_alert(
     if !authorized(&inner, &headers) {
         return message(StatusCode::UNAUTHORIZED, "Invalid or expired API key");
     }
-    let scripted = inner
-        .scripts
-        .lock()
-        .unwrap()
-        .get_mut(&uuid)
-        .and_then(|q| q.pop_front());
+    let scripted = *inner.outage.lock().unwrap();
+    let scripted = scripted.or_else(|| {
+        inner
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&uuid)
+            .and_then(|q| q.pop_front())
+    });
     if let Some(status) = scripted {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return message(status, "scripted answer");

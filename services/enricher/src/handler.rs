@@ -5,7 +5,7 @@ use std::time::Duration;
 use alertsync_config::EnricherConfig;
 use alertsync_http::RetryPolicy;
 use alertsync_jetstream::{
-    Delivery, Handler, Outcome, Subjects, async_nats::jetstream, publish::publish_acked,
+    Delivery, Gate, Handler, Outcome, Subjects, Turn, async_nats::jetstream, publish::publish_acked,
 };
 use alertsync_proto::{Message as _, canonical_uuid, time, v1};
 use alertsync_sekoia::{GetAlert, SekoiaClient, key::KeyState};
@@ -36,6 +36,9 @@ pub struct Parts {
     pub metrics: Metrics,
     /// How long a message is held while the key is rejected before trying again.
     pub rejected_key_retry: Duration,
+    /// The circuit to Sekoia: open while Get Alert answers; closed by failures in a row
+    /// (or a 429), so that alerts wait without burning attempts while Sekoia is down.
+    pub gate: Gate,
 }
 
 /// Handles `AlertCreated` messages.
@@ -195,15 +198,25 @@ impl Handler for EnrichHandler {
         }
         let m = &self.parts.metrics;
         loop {
+            let pass = match self.parts.gate.turn(d).await {
+                Turn::Go(pass) => pass,
+                Turn::Released => {
+                    return Outcome::Retry {
+                        after: RELEASE_DELAY,
+                    };
+                }
+            };
             let started = std::time::Instant::now();
             let answer = self.parts.sekoia.get_alert::<AlertHead>(&uuid).await;
             m.sekoia_latency(started.elapsed());
             match answer {
                 GetAlert::Found(body, alert) => {
+                    pass.delivered();
                     self.parts.key.accepted();
                     return self.publish(created, body, &alert, d).await;
                 }
                 GetAlert::NotFound => {
+                    pass.answered();
                     self.parts.key.accepted();
                     m.sekoia_error("404");
                     if d.delivered >= self.cfg.not_found_attempts {
@@ -218,7 +231,9 @@ impl Handler for EnrichHandler {
                 }
                 GetAlert::KeyRejected(status) => {
                     // Not the alert's fault: hold it (attempts are not burnt) until the key
-                    // works again.
+                    // works again. The key watcher, not the gate, decides when that is: the
+                    // pass goes unreported (a probe's turn passes to the next message).
+                    drop(pass);
                     m.sekoia_error(&status.to_string());
                     self.parts.key.rejected(status);
                     if !self.hold(d).await {
@@ -228,11 +243,30 @@ impl Handler for EnrichHandler {
                     }
                 }
                 GetAlert::Transient {
+                    status: Some(429),
+                    retry_after,
+                    reason,
+                } => {
+                    // Sekoia's rate limit is about us, not this alert: every call waits, and
+                    // no attempt is burnt.
+                    m.sekoia_error("429");
+                    let wait = match retry_after {
+                        Some(ra) => ra.min(self.retry.max_retry_after),
+                        None => self.retry.delay(d.delivered, None),
+                    };
+                    tracing::debug!(alert.uuid = %uuid, ?wait, "Sekoia rate limit; holding the alert");
+                    pass.throttled(wait, &reason);
+                }
+                GetAlert::Transient {
                     status,
                     retry_after,
                     reason,
                 } => {
                     m.sekoia_error(&status.map_or("transport".to_string(), |s| s.to_string()));
+                    if pass.failed(status, &reason) {
+                        // The circuit is open: hold the alert until a probe gets an answer.
+                        continue;
+                    }
                     if d.delivered >= self.cfg.max_attempts {
                         return self.dead(
                             format!("gave up after {} attempts: {reason}", d.delivered),
@@ -245,6 +279,7 @@ impl Handler for EnrichHandler {
                     return self.retry_after(d, retry_after);
                 }
                 GetAlert::Permanent { status, reason } => {
+                    pass.answered();
                     m.sekoia_error(&status.to_string());
                     return self.dead(reason, Some(status), &uuid, "http_4xx");
                 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use alertsync_config::Config;
 use alertsync_jetstream::{
-    Connection, Topology, Worker, WorkerConfig, connect, dead_letter::DeadLetters,
-    subjects::STAGE_ENRICH, topology::ConsumerSpec,
+    Connection, Gate, GatePolicy, GateState, GateStatus, Topology, Worker, WorkerConfig, connect,
+    dead_letter::DeadLetters, subjects::STAGE_ENRICH, topology::ConsumerSpec,
 };
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
@@ -27,6 +27,28 @@ use alertsync_telemetry::Metrics;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The readiness check (and the gate's name in logs) of the circuit to Sekoia's API.
+const SEKOIA_GATE: &str = "sekoia_api";
+
+/// The readiness detail of the circuit to Sekoia.
+fn describe_gate(status: &GateStatus) -> String {
+    let what = match status.state {
+        GateState::Open => return "Get Alert answers".into(),
+        GateState::CircuitOpen => "circuit open: Get Alert keeps failing",
+        GateState::Throttled => "throttled: Sekoia asked us to wait",
+        // The gate is never paused for the key: the key check reports that.
+        GateState::Paused => "paused",
+    };
+    let next = status
+        .next_try_in
+        .map(|d| format!("; next try in {}s", d.as_secs()))
+        .unwrap_or_default();
+    format!(
+        "{what} ({}){next}; alerts wait in the stream",
+        status.reason
+    )
+}
 
 /// A built enricher, ready to run.
 pub struct Enricher {
@@ -80,6 +102,23 @@ impl Enricher {
         let key = KeyState::new(health.clone());
         let stop = CancellationToken::new();
         let metrics = Metrics::new();
+        let gate = Gate::new(
+            SEKOIA_GATE,
+            GatePolicy {
+                probe_base: e.probe_base_delay.get(),
+                probe_max: e.probe_max_delay.get(),
+                circuit_failures: e.circuit_failures,
+            },
+        );
+        health.set(SEKOIA_GATE, true, describe_gate(&gate.status()));
+        let h = health.clone();
+        gate.on_change(move |status| {
+            h.set(
+                SEKOIA_GATE,
+                status.state == GateState::Open,
+                describe_gate(status),
+            );
+        });
         let handler = Arc::new(handler::EnrichHandler::new(
             handler::Parts {
                 js: js.clone(),
@@ -89,6 +128,7 @@ impl Enricher {
                 filter: filter::TriggerFilter::new(e, &sekoia_cfg.communities),
                 metrics: metrics.clone(),
                 rejected_key_retry: sekoia_cfg.rejected_key_retry.get(),
+                gate: gate.clone(),
             },
             e.clone(),
             stop.clone(),
@@ -109,6 +149,7 @@ impl Enricher {
             },
             dead_letters,
         )
+        .with_gate(gate)
         .with_metrics(metrics.clone());
         let listener = TcpListener::bind(e.listen)
             .await
