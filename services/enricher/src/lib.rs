@@ -212,3 +212,48 @@ impl Enricher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alertsync_config::{Config, Stage};
+
+    #[test]
+    fn circuit_settings_are_checked_naming_the_field() {
+        let text = include_str!("../../../alertsync.example.toml").replace(
+            "listen = \"0.0.0.0:8081\"",
+            "listen = \"0.0.0.0:8081\"\nprobe_base_delay = \"10m\"\ncircuit_failures = 0",
+        );
+        let err = Config::parse(&text, &|k| Some(format!("{k}-value")), &[Stage::Enricher])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enricher.probe_base_delay"), "{err}");
+        assert!(err.contains("enricher.circuit_failures"), "{err}");
+    }
+
+    #[test]
+    fn the_gate_state_reads_as_what_the_enricher_is_doing() {
+        use alertsync_jetstream::{GateState, GateStatus};
+        let open = GateStatus {
+            state: GateState::Open,
+            since: None,
+            reason: String::new(),
+            last_status: None,
+            next_try_in: None,
+            failed_probes: 0,
+        };
+        assert_eq!(super::describe_gate(&open), "Get Alert answers");
+        let down = GateStatus {
+            state: GateState::CircuitOpen,
+            reason: "503 Service Unavailable".into(),
+            last_status: Some(503),
+            next_try_in: Some(std::time::Duration::from_secs(5)),
+            ..open
+        };
+        let text = super::describe_gate(&down);
+        assert!(
+            text.starts_with("circuit open: Get Alert keeps failing (503"),
+            "{text}"
+        );
+        assert!(text.contains("next try in 5s"), "{text}");
+    }
+}
