@@ -526,6 +526,12 @@ async fn a_sekoia_outage_longer_than_the_attempts_holds_alerts_until_it_ends() {
         "nothing is dead-lettered"
     );
     assert!(p.receiver.requests().is_empty());
+    let (_, text) = get_text(&p.enricher_url("/metrics")).await;
+    assert_eq!(
+        metric(&text, "alertsync_sekoia_circuit_open"),
+        1.0,
+        "{text}"
+    );
 
     p.sekoia.outage(None);
     assert!(
@@ -543,6 +549,11 @@ async fn a_sekoia_outage_longer_than_the_attempts_holds_alerts_until_it_ends() {
     assert!(
         eventually(SOON, || async { health.is_ready() }).await,
         "the enricher is ready again"
+    );
+    let (_, text) = get_text(&p.enricher_url("/metrics")).await;
+    assert!(
+        text.contains("alertsync_sekoia_circuit_open 0"),
+        "the gauge says the circuit is closed again: {text}"
     );
     p.shutdown().await;
 }

@@ -82,6 +82,7 @@ struct Inner {
     retries: Family<Labels, Counter>,
     dead_lettered: Family<Labels, Counter>,
     circuit_state: Family<Labels, Gauge>,
+    sekoia_circuit_open: Gauge,
     live_connected: Gauge,
     live_skipped: Family<Labels, Counter>,
     consumer_pending: Family<Labels, Gauge>,
@@ -110,6 +111,7 @@ impl Metrics {
         let retries = Family::<Labels, Counter>::default();
         let dead_lettered = Family::<Labels, Counter>::default();
         let circuit_state = Family::<Labels, Gauge>::default();
+        let sekoia_circuit_open = Gauge::default();
         let live_connected = Gauge::default();
         let live_skipped = Family::<Labels, Counter>::default();
         let consumer_pending = Family::<Labels, Gauge>::default();
@@ -172,6 +174,12 @@ impl Metrics {
             circuit_state.clone(),
         );
         registry.register(
+            "sekoia_circuit_open",
+            "1 while the enricher holds alerts because Get Alert keeps failing or Sekoia asked \
+             it to wait (429)",
+            sekoia_circuit_open.clone(),
+        );
+        registry.register(
             "live_socket_connected",
             "1 while the Sekoia LiveAPI socket is connected",
             live_connected.clone(),
@@ -214,6 +222,7 @@ impl Metrics {
                 retries,
                 dead_lettered,
                 circuit_state,
+                sekoia_circuit_open,
                 live_connected,
                 live_skipped,
                 consumer_pending,
@@ -319,6 +328,10 @@ impl Metrics {
             .circuit_state
             .get_or_create(&labels([("destination", destination)]))
             .set(state);
+    }
+    /// Whether the enricher's circuit to Sekoia is open (or throttled): alerts wait.
+    pub fn sekoia_circuit_open(&self, open: bool) {
+        self.inner.sekoia_circuit_open.set(i64::from(open));
     }
     /// Whether the LiveAPI socket is connected.
     pub fn live_connected(&self, connected: bool) {

@@ -111,13 +111,12 @@ impl Enricher {
             },
         );
         health.set(SEKOIA_GATE, true, describe_gate(&gate.status()));
-        let h = health.clone();
+        metrics.sekoia_circuit_open(false);
+        let (h, m) = (health.clone(), metrics.clone());
         gate.on_change(move |status| {
-            h.set(
-                SEKOIA_GATE,
-                status.state == GateState::Open,
-                describe_gate(status),
-            );
+            let open = status.state == GateState::Open;
+            h.set(SEKOIA_GATE, open, describe_gate(status));
+            m.sekoia_circuit_open(!open);
         });
         let handler = Arc::new(handler::EnrichHandler::new(
             handler::Parts {
