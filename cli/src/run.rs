@@ -60,10 +60,12 @@ pub async fn run_stages(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    if stages.contains(&Stage::Forwarder) {
-        // A bad template fails before anything connects, as in the forwarder alone.
-        alertsync_forwarder::compile_destinations(config)?;
-    }
+    // A bad template fails before anything connects, as in the forwarder alone.
+    let mut destinations = if stages.contains(&Stage::Forwarder) {
+        Some(alertsync_forwarder::compile_destinations(config)?)
+    } else {
+        None
+    };
     // The stages share one NATS connection: one task writes for all of them, and nats-server
     // serves one client instead of three (BENCHMARKS.md round seven).
     let nats = alertsync_jetstream::connect(&config.nats, "alertsync").await?;
@@ -82,7 +84,8 @@ pub async fn run_stages(
                 tasks.spawn(s.run(shutdown.clone()));
             }
             Stage::Forwarder => {
-                let s = alertsync_forwarder::Forwarder::build_on(config, nats.clone())
+                let compiled = destinations.take().unwrap_or_default();
+                let s = alertsync_forwarder::Forwarder::build_on(config, compiled, nats.clone())
                     .await
                     .context("forwarder")?;
                 tasks.spawn(s.run(shutdown.clone()));

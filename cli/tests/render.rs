@@ -71,6 +71,21 @@ async fn render(config: &str, args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), stdout, stderr)
 }
 
+/// Runs `alertsync render --destination <destination> --alert <the fixture file>`.
+async fn render_fixture(config: &str, destination: &str) -> (Option<i32>, String, String) {
+    let fixture = fixture();
+    render(
+        config,
+        &[
+            "--destination",
+            destination,
+            "--alert",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .await
+}
+
 const FIXTURE_UUID: &str = "3b1f6c2e-8d4a-4f0b-9e37-5a2c7d91e604";
 
 fn expected_soar() -> String {
@@ -100,34 +115,14 @@ fn expected_intake() -> String {
 
 #[tokio::test]
 async fn the_seed_main_template_renders_the_exact_request_with_the_credential_redacted() {
-    let fixture = fixture();
-    let (code, stdout, stderr) = render(
-        &example_config(),
-        &[
-            "--destination",
-            "soar",
-            "--alert",
-            fixture.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = render_fixture(&example_config(), "soar").await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, expected_soar());
 }
 
 #[tokio::test]
 async fn the_seed_bonus_intake_template_renders_with_the_intake_key_redacted() {
-    let fixture = fixture();
-    let (code, stdout, stderr) = render(
-        &example_config(),
-        &[
-            "--destination",
-            "sekoia-intake",
-            "--alert",
-            fixture.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = render_fixture(&example_config(), "sekoia-intake").await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, expected_intake());
     // The body is JSON, and so is the event inside its "json" string (once the seed's own
@@ -177,17 +172,7 @@ async fn a_live_alert_fetched_from_sekoia_renders_like_the_same_alert_from_a_fil
 
 #[tokio::test]
 async fn an_unknown_destination_lists_the_configured_ones() {
-    let fixture = fixture();
-    let (code, _, stderr) = render(
-        &example_config(),
-        &[
-            "--destination",
-            "sOAR",
-            "--alert",
-            fixture.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, _, stderr) = render_fixture(&example_config(), "sOAR").await;
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("no destination named \"sOAR\"") && stderr.contains("soar, sekoia-intake"),
@@ -232,17 +217,7 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
     let ctx = alertsync_template::Context::new(&alert);
 
     for (dest, path) in destinations.iter().zip(["/soar", "/intake"]) {
-        let fixture = fixture();
-        let (code, printed, stderr) = render(
-            &config,
-            &[
-                "--destination",
-                &dest.name,
-                "--alert",
-                fixture.to_str().unwrap(),
-            ],
-        )
-        .await;
+        let (code, printed, stderr) = render_fixture(&config, &dest.name).await;
         assert_eq!(code, Some(0), "{stderr}");
 
         let request = dest.render(&ctx, FIXTURE_UUID).unwrap();
@@ -292,22 +267,12 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
 
 #[tokio::test]
 async fn an_alert_the_destination_filters_out_is_rendered_with_a_note_saying_so() {
-    let fixture = fixture();
     // The fixture's urgency is 65.
     let config = example_config().edit(
         "# timeout = \"30s\"",
         "[destinations.filter]\nmin_urgency = 90",
     );
-    let (code, stdout, stderr) = render(
-        &config,
-        &[
-            "--destination",
-            "soar",
-            "--alert",
-            fixture.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = render_fixture(&config, "soar").await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("destinations[soar].filter.min_urgency filters this alert out"),
@@ -318,22 +283,12 @@ async fn an_alert_the_destination_filters_out_is_rendered_with_a_note_saying_so(
 
 #[tokio::test]
 async fn an_alert_the_trigger_filters_out_is_rendered_with_a_note_naming_the_field() {
-    let fixture = fixture();
     // The fixture's rule is "Brute force on SSH service".
     let filtered = example_config().edit(
         "# rule_filter = \"Brute force on SSH service\"",
         "rule_filter = \"Another rule\"",
     );
-    let (code, stdout, stderr) = render(
-        &filtered,
-        &[
-            "--destination",
-            "soar",
-            "--alert",
-            fixture.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = render_fixture(&filtered, "soar").await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("enricher.rule_filter filters this alert out"),
@@ -346,16 +301,7 @@ async fn an_alert_the_trigger_filters_out_is_rendered_with_a_note_naming_the_fie
         "# rule_filter = \"Brute force on SSH service\"",
         "rule_filter = \"Brute force on SSH service\"",
     );
-    let (code, stdout, stderr) = render(
-        &passing,
-        &[
-            "--destination",
-            "soar",
-            "--alert",
-            fixture.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = render_fixture(&passing, "soar").await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("filters this alert out"), "{stderr}");
     assert_eq!(stdout, expected_soar());

@@ -666,17 +666,13 @@ impl Config {
                                 .into(),
                         );
                     }
-                    if e.probe_base_delay.get().is_zero() || e.probe_base_delay > e.probe_max_delay
-                    {
-                        problems.push(
-                            "enricher.probe_base_delay: must be more than 0 and at most \
-                             enricher.probe_max_delay"
-                                .into(),
-                        );
-                    }
-                    if e.circuit_failures == 0 {
-                        problems.push("enricher.circuit_failures: must be at least 1".into());
-                    }
+                    validate_circuit(
+                        "enricher",
+                        e.probe_base_delay,
+                        e.probe_max_delay,
+                        e.circuit_failures,
+                        problems,
+                    );
                 }
                 Stage::Forwarder => {
                     self.validate_forwarder(problems);
@@ -709,16 +705,13 @@ impl Config {
                     .into(),
             );
         }
-        if f.probe_base_delay.get().is_zero() || f.probe_base_delay > f.probe_max_delay {
-            problems.push(
-                "forwarder.probe_base_delay: must be more than 0 and at most \
-                 forwarder.probe_max_delay"
-                    .into(),
-            );
-        }
-        if f.circuit_failures == 0 {
-            problems.push("forwarder.circuit_failures: must be at least 1".into());
-        }
+        validate_circuit(
+            "forwarder",
+            f.probe_base_delay,
+            f.probe_max_delay,
+            f.circuit_failures,
+            problems,
+        );
     }
 
     fn validate_destinations(&self, problems: &mut Vec<String>) {
@@ -947,6 +940,26 @@ fn thirty_days() -> Duration {
 }
 fn ninety_days() -> Duration {
     Duration::secs(90 * 86400)
+}
+
+/// The circuit settings of `section` (`enricher`, `forwarder`): probes wait more than 0 and
+/// at most the largest wait, and at least one failure opens the circuit.
+fn validate_circuit(
+    section: &str,
+    probe_base_delay: Duration,
+    probe_max_delay: Duration,
+    circuit_failures: u32,
+    problems: &mut Vec<String>,
+) {
+    if probe_base_delay.get().is_zero() || probe_base_delay > probe_max_delay {
+        problems.push(format!(
+            "{section}.probe_base_delay: must be more than 0 and at most \
+             {section}.probe_max_delay"
+        ));
+    }
+    if circuit_failures == 0 {
+        problems.push(format!("{section}.circuit_failures: must be at least 1"));
+    }
 }
 
 #[cfg(test)]

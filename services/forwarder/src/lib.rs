@@ -95,16 +95,12 @@ impl Forwarder {
         // Templates first: a bad one fails before anything connects.
         let destinations = compile_destinations(cfg)?;
         let nats = connect(&cfg.nats, "alertsync-forwarder").await?;
-        Self::build_with(cfg, destinations, nats).await
+        Self::build_on(cfg, destinations, nats).await
     }
 
-    /// [`Forwarder::build`] on an existing NATS connection (shared by the stages of one
-    /// process).
-    pub async fn build_on(cfg: &Config, nats: Connection) -> anyhow::Result<Self> {
-        Self::build_with(cfg, compile_destinations(cfg)?, nats).await
-    }
-
-    async fn build_with(
+    /// [`Forwarder::build`] with destinations already compiled ([`compile_destinations`]),
+    /// on an existing NATS connection (shared by the stages of one process).
+    pub async fn build_on(
         cfg: &Config,
         destinations: Vec<Destination>,
         (client, js): Connection,
