@@ -7,7 +7,17 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The ceiling's worker runs on one thread, as the stage binaries do by default: measured
+    // on 2 cores, that is its cheapest form too (BENCHMARKS.md, step 15), and the ratios
+    // should compare code, not runtime settings. The load generator and fakes use the cores.
+    let runtime = if args.worker.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

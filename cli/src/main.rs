@@ -58,7 +58,11 @@ static ALLOC: alertsync_runtime::Allocator = alertsync_runtime::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let worker_threads = match &cli.command {
+        Command::Run(args) => args.worker_threads(),
+        _ => None,
+    };
+    let runtime = match alertsync_runtime::build_runtime(worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

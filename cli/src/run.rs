@@ -19,6 +19,17 @@ pub struct RunArgs {
         default_value = "ingest,enricher,forwarder"
     )]
     stages: Vec<StageArg>,
+    /// Threads that run the stages' work (default: one per available core). A stage binary
+    /// runs on one; here the stages share the process's threads.
+    #[arg(long, env = alertsync_runtime::WORKER_THREADS_ENV, value_parser = alertsync_runtime::worker_threads_parser())]
+    worker_threads: Option<usize>,
+}
+
+impl RunArgs {
+    /// The threads `--worker-threads` asks for (`None`: one per core), for the runtime `main` builds.
+    pub fn worker_threads(&self) -> Option<usize> {
+        self.worker_threads
+    }
 }
 
 /// A stage name on the command line (`run --stages`, `check --stages`).

@@ -62,6 +62,9 @@ async fn alertsync_run_with_all_stages_delivers_an_alert_and_exits_zero_on_sigte
         Command::new(env!("CARGO_BIN_EXE_alertsync"))
             .args(["run", "--config"])
             .arg(&config)
+            // All three stages on one thread: the smallest runtime `run` can be given
+            // (the benchmark's `--one-process` runs the default, one thread per core).
+            .env("ALERTSYNC_WORKER_THREADS", "1")
             .env("SEKOIA_API_KEY", SEKOIA_KEY)
             .env("WEBHOOK_TOKEN", WEBHOOK_TOKEN)
             .env("SOAR_KEY", SOAR_KEY)

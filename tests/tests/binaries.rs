@@ -42,12 +42,13 @@ struct Service {
 }
 
 impl Service {
-    fn spawn(name: &str, config: &std::path::Path, dir: &std::path::Path) -> Self {
+    fn spawn(name: &str, config: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> Self {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary(name))
             .arg("--config")
             .arg(config)
+            .args(args)
             .env("SEKOIA_API_KEY", SEKOIA_KEY)
             .env("WEBHOOK_TOKEN", WEBHOOK_TOKEN)
             .env("SOAR_KEY", SOAR_KEY)
@@ -118,10 +119,17 @@ async fn the_three_binaries_deliver_an_alert_and_exit_zero_on_sigterm_without_le
     let config = dir.path().join("alertsync.toml");
     std::fs::write(&config, text).unwrap();
 
+    // The ingest and the enricher on their default single thread, the forwarder on a pool:
+    // both runtimes a deployment can choose must deliver and shut down cleanly.
     let services = [
-        Service::spawn("alertsync-ingest", &config, dir.path()),
-        Service::spawn("alertsync-enricher", &config, dir.path()),
-        Service::spawn("alertsync-forwarder", &config, dir.path()),
+        Service::spawn("alertsync-ingest", &config, dir.path(), &[]),
+        Service::spawn("alertsync-enricher", &config, dir.path(), &[]),
+        Service::spawn(
+            "alertsync-forwarder",
+            &config,
+            dir.path(),
+            &["--worker-threads", "3"],
+        ),
     ];
     let client = reqwest_client();
     for port in ports {
@@ -204,4 +212,15 @@ async fn a_bad_config_fails_at_startup_naming_the_field() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("destinations[soar].json"), "{err}");
+
+    // A thread count out of range is refused before anything starts, naming the option.
+    let out = Command::new(binary("alertsync-ingest"))
+        .arg("--config")
+        .arg(&config)
+        .env("ALERTSYNC_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
 }

@@ -8,6 +8,8 @@
 //! - [`init_logging`]: logs and traces (`RUST_LOG`, `ALERTSYNC_LOG_FORMAT=json`, `OTEL_*`).
 //! - [`service_main`]: the whole `main` of a service binary (arguments, logging, config,
 //!   signals, exit code), so each binary's `main.rs` is one call.
+//! - [`build_runtime`]: the async runtime of a process, on one thread or several
+//!   (`--worker-threads`, `ALERTSYNC_WORKER_THREADS`).
 //! - [`Allocator`]: the memory allocator every alertsync binary declares.
 
 use std::collections::BTreeMap;
@@ -181,12 +183,51 @@ pub fn init_logging_with_default(
     alertsync_telemetry::traces::init(service, default_filter)
 }
 
+/// The environment variable behind `--worker-threads` (service binaries and `alertsync run`).
+pub const WORKER_THREADS_ENV: &str = "ALERTSYNC_WORKER_THREADS";
+
+/// What `--worker-threads` accepts: 1 to 1024 threads.
+pub fn worker_threads_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=1024)
+}
+
+/// The async runtime of a process.
+///
+/// `Some(1)` runs every task on the calling thread (tokio's current-thread runtime), `Some(n)`
+/// on `n` worker threads, `None` on one worker thread per available core (tokio's default,
+/// which follows a container's CPU limit).
+///
+/// One thread is the stage binaries' default. A stage's work is many small steps handed from
+/// task to task (a NATS message to a handler, its HTTP call, its publish): on one thread each
+/// hand-over is a queue push, on several it is a cross-thread wake-up, and with three stages
+/// on a small host the kernel keeps moving their threads between cores. On 2 cores, one thread
+/// per stage took 25 to 35 % off the services' CPU per alert at full load and lowered the p99
+/// latency at 1000 alerts/s (BENCHMARKS.md, step 15); one thread still delivers thousands of
+/// alerts a second, and a stage scales out with replicas.
+pub fn build_runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    }
+}
+
 /// Command line of every service binary.
 #[derive(Debug, clap::Parser)]
 struct ServiceArgs {
     /// Path of alertsync.toml.
     #[arg(long, short, env = alertsync_config::CONFIG_ENV)]
     config: std::path::PathBuf,
+    /// Threads that run the service's work. One (the default) is the cheapest per alert and
+    /// carries thousands of alerts a second; scale a stage with replicas, or raise this for a
+    /// replica that must use several cores.
+    #[arg(long, env = WORKER_THREADS_ENV, default_value_t = 1, value_parser = worker_threads_parser())]
+    worker_threads: usize,
 }
 
 /// The `main` of the service binary `service`: parses `--config`, sets up logging and tracing, loads and validates the config
@@ -211,7 +252,7 @@ where
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match build_runtime(Some(args.worker_threads)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -222,8 +263,9 @@ where
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         shutdown_on_signal(shutdown.clone());
-        // On a worker thread, not on this one: a loop awaited here (the enricher's pull loop)
-        // would otherwise hand every message over to the workers across threads.
+        // Spawned, not awaited here: with several worker threads, a loop awaited on this
+        // thread (the enricher's pull loop) would hand every message over to the workers
+        // across threads.
         match tokio::spawn(run(config, shutdown)).await {
             Ok(result) => result,
             Err(e) => Err(anyhow::anyhow!("the service stopped unexpectedly: {e}")),
@@ -236,5 +278,51 @@ where
             eprintln!("error: {}", redactor.redact(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_thread_is_a_current_thread_runtime_and_more_are_a_pool_of_that_size() {
+        let one = build_runtime(Some(1)).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        // Tasks spawned on it run on the thread that drives it.
+        let here = std::thread::current().id();
+        let ran_on =
+            one.block_on(async { tokio::spawn(async { std::thread::current().id() }).await });
+        assert_eq!(ran_on.unwrap(), here);
+
+        let three = build_runtime(Some(3)).unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.handle().metrics().num_workers(), 3);
+
+        let default = build_runtime(None).unwrap();
+        assert_eq!(
+            default.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default.handle().metrics().num_workers(), cores);
+    }
+
+    #[test]
+    fn worker_threads_outside_1_to_1024_are_refused_naming_the_option() {
+        use clap::Parser as _;
+        for bad in ["0", "1025", "two", "-1"] {
+            let err = ServiceArgs::try_parse_from([
+                "alertsync-enricher".to_string(),
+                "--config=x.toml".to_string(),
+                format!("--worker-threads={bad}"),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("--worker-threads"), "{bad}: {err}");
+        }
+        let ok = ServiceArgs::try_parse_from(["alertsync-enricher", "--config", "x.toml"]).unwrap();
+        assert_eq!(ok.worker_threads, 1, "one thread unless told otherwise");
     }
 }
