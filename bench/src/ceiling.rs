@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Messages in flight per stage.
     #[arg(long)]
     pub concurrency: usize,
+    /// Threads of its runtime (1: everything on the main thread).
+    #[arg(long, default_value_t = 1)]
+    pub threads: u16,
 }
 
 #[derive(serde::Deserialize)]
@@ -344,6 +347,7 @@ impl Ceiling {
             .args(["--destination", &args.destination])
             .args(["--prefix", &args.prefix])
             .args(["--concurrency", &args.concurrency.to_string()])
+            .args(["--threads", &args.threads.to_string()])
             .env(TOKEN_ENV, token)
             .env(KEY_ENV, sekoia_key)
             .stdin(Stdio::piped())

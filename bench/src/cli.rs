@@ -63,6 +63,10 @@ pub struct Args {
     /// Messages in flight per stage of the ceiling.
     #[arg(long, default_value_t = 64)]
     pub ceiling_concurrency: usize,
+    /// Threads of the ceiling's runtime: 1 (the default, as the stage binaries) runs it on
+    /// one thread, more on a pool of that size.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub ceiling_threads: u16,
     /// `RUST_LOG` of the services (their default is info).
     #[arg(long, default_value = "info")]
     pub service_log: String,
@@ -136,6 +140,7 @@ impl Args {
             bin_dir,
             service_concurrency: self.service_concurrency,
             ceiling_concurrency: self.ceiling_concurrency.max(1),
+            ceiling_threads: self.ceiling_threads,
             service_log: self.service_log.clone(),
             service_env,
             short: self.short,

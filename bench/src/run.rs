@@ -68,6 +68,8 @@ pub struct Plan {
     pub service_concurrency: Option<usize>,
     /// Messages in flight per ceiling stage.
     pub ceiling_concurrency: usize,
+    /// Threads of the ceiling's runtime.
+    pub ceiling_threads: u16,
     /// `RUST_LOG` of the services.
     pub service_log: String,
     /// Extra environment of the services.
@@ -446,6 +448,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                 destination: destination.url("/ceiling"),
                 prefix: format!("{prefix}ceil"),
                 concurrency: plan.ceiling_concurrency,
+                threads: plan.ceiling_threads,
             },
             WEBHOOK_TOKEN,
             SEKOIA_KEY,

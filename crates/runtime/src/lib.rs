@@ -201,9 +201,9 @@ pub fn worker_threads_parser() -> clap::builder::RangedU64ValueParser<usize> {
 /// task to task (a NATS message to a handler, its HTTP call, its publish): on one thread each
 /// hand-over is a queue push, on several it is a cross-thread wake-up, and with three stages
 /// on a small host the kernel keeps moving their threads between cores. On 2 cores, one thread
-/// per stage took 25 to 35 % off the services' CPU per alert at full load and lowered the p99
-/// latency at 1000 alerts/s (BENCHMARKS.md, step 15); one thread still delivers thousands of
-/// alerts a second, and a stage scales out with replicas.
+/// per stage took about a quarter off the services' CPU per alert at full load and 13 % at
+/// 1000 alerts/s (BENCHMARKS.md, step 15); one thread still delivers thousands of alerts a
+/// second, and a stage scales out with replicas.
 pub fn build_runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     match worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
