@@ -46,6 +46,11 @@ pub struct Args {
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write each run's per-alert times to `DIR/<scenario>-<who>-<repeat>.tsv` (webhook
+    /// 202 and first receipt, ns since the epoch, 0 when it never happened), to see when
+    /// the slow alerts happened and not only how many there were.
+    #[arg(long, value_name = "DIR")]
+    pub alert_times: Option<PathBuf>,
     /// Do not run the ceiling.
     #[arg(long)]
     pub no_ceiling: bool,
@@ -109,6 +114,12 @@ impl Args {
                 .map(PathBuf::from)
                 .unwrap_or_default(),
         };
+        if let Some(dir) = &self.alert_times {
+            // Now, not after the runs: a path that cannot be written must not cost a benchmark.
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("--alert-times: cannot create {}: {e}", dir.display())
+            })?;
+        }
         anyhow::ensure!(
             !(self.no_ceiling && self.no_project),
             "--no-ceiling and --no-project leave nothing to run"
@@ -141,6 +152,7 @@ impl Args {
             service_concurrency: self.service_concurrency,
             ceiling_concurrency: self.ceiling_concurrency.max(1),
             ceiling_threads: self.ceiling_threads,
+            alert_times: self.alert_times.clone(),
             service_log: self.service_log.clone(),
             service_env,
             short: self.short,

@@ -70,6 +70,8 @@ pub struct Plan {
     pub ceiling_concurrency: usize,
     /// Threads of the ceiling's runtime.
     pub ceiling_threads: u16,
+    /// Where each run's per-alert times go (`--alert-times`).
+    pub alert_times: Option<PathBuf>,
     /// `RUST_LOG` of the services.
     pub service_log: String,
     /// Extra environment of the services.
@@ -534,6 +536,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                     r.result.throughput,
                     r.result.latency_ms.p99
                 );
+                if let Some(dir) = &plan.alert_times {
+                    let who = format!("{:?}", r.result.who).to_lowercase();
+                    let path = dir.join(format!("{}-{who}-{repeat}.tsv", r.result.scenario));
+                    std::fs::write(&path, r.run.times_tsv())
+                        .map_err(|e| anyhow::anyhow!("--alert-times: {}: {e}", path.display()))?;
+                }
                 runs.push(r);
             }
         }

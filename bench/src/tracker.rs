@@ -157,6 +157,17 @@ impl Tracker {
             .collect()
     }
 
+    /// Each alert's webhook 202 and first receipt, ns since the epoch (0: never), one line per
+    /// alert in index order under a header, tab-separated.
+    pub fn times_tsv(&self) -> String {
+        let mut out = String::from("accepted_ns\treceived_ns\n");
+        for (a, r) in self.accepted_ns.iter().zip(&self.received_ns) {
+            let (a, r) = (a.load(Ordering::Relaxed), r.load(Ordering::Relaxed));
+            out.push_str(&format!("{a}\t{r}\n"));
+        }
+        out
+    }
+
     /// The last first-receipt time (ns since the epoch), 0 when nothing arrived.
     pub fn last_receipt_ns(&self) -> u64 {
         self.received_ns
@@ -192,5 +203,27 @@ mod tests {
         assert_eq!(t.distinct(), 2);
         assert_eq!(t.duplicates(), 1);
         assert_eq!(t.latencies_ns().len(), 1);
+    }
+
+    #[test]
+    fn alert_times_have_a_line_per_alert_with_zero_for_what_never_happened() {
+        let t = Tracker::new(tag(1, 2), 3);
+        t.accepted(0);
+        t.received(0);
+        t.accepted(1);
+        let text = t.times_tsv();
+        let lines: Vec<Vec<u64>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(text.lines().next(), Some("accepted_ns\treceived_ns"));
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0][0] > 0 && lines[0][1] >= lines[0][0], "{text}");
+        assert!(
+            lines[1][0] > 0 && lines[1][1] == 0,
+            "accepted, never received: {text}"
+        );
+        assert_eq!(lines[2], vec![0, 0], "{text}");
     }
 }
