@@ -128,7 +128,7 @@ async fn the_three_binaries_deliver_an_alert_and_exit_zero_on_sigterm_without_le
             "alertsync-forwarder",
             &config,
             dir.path(),
-            &["--worker-threads", "3"],
+            &["--worker-threads", "8"],
         ),
     ];
     let client = reqwest_client();
@@ -140,6 +140,23 @@ async fn the_three_binaries_deliver_an_alert_and_exit_zero_on_sigterm_without_le
         .await;
         assert!(ready, "{url} never became ready");
     }
+    // The option reaches the runtime: eight workers besides the main thread, where the
+    // single-thread default runs on the main thread alone (1 thread here).
+    let threads = |s: &Service| {
+        std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+            .unwrap()
+            .count()
+    };
+    assert!(
+        threads(&services[2]) >= 9,
+        "forwarder: {} threads",
+        threads(&services[2])
+    );
+    assert!(
+        threads(&services[0]) < 9,
+        "ingest: {} threads",
+        threads(&services[0])
+    );
 
     let uuid = uuid::Uuid::new_v4().to_string();
     sekoia.insert_alert(alertsync_standins::alerts::new_alert(
