@@ -31,9 +31,10 @@ use crate::worker::Delivery;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Whether calls go through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GateState {
     /// Calls go through.
+    #[default]
     Open,
     /// The service asked us to slow down (429): nothing goes until its wait is over.
     Throttled,
@@ -65,8 +66,8 @@ impl GateState {
     }
 }
 
-/// A snapshot of a gate, for readiness and metrics.
-#[derive(Debug, Clone, PartialEq)]
+/// A snapshot of a gate, for readiness and metrics (the default: open, nothing to report).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GateStatus {
     /// Current state.
     pub state: GateState,
@@ -103,6 +104,8 @@ impl GatePolicy {
 
 type Observer = Box<dyn Fn(&GateStatus) + Send + Sync>;
 
+/// The default is a new gate: open, nothing pending.
+#[derive(Default)]
 struct State {
     state: GateState,
     since: Option<SystemTime>,
@@ -190,18 +193,7 @@ impl Gate {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 policy,
-                state: Mutex::new(State {
-                    state: GateState::Open,
-                    since: None,
-                    reason: String::new(),
-                    last_status: None,
-                    next_try: None,
-                    failed_probes: 0,
-                    failures_in_a_row: 0,
-                    probing: false,
-                    waiters: 0,
-                    released: false,
-                }),
+                state: Mutex::new(State::default()),
                 changed: Notify::new(),
                 observer: Mutex::new(None),
             }),
@@ -256,17 +248,11 @@ impl Gate {
     fn reopen_if_due(&self, s: &mut State, now: Instant) -> bool {
         if s.state == GateState::Throttled && s.next_try.is_none_or(|t| now >= t) {
             tracing::info!(destination = %self.inner.name, "rate limit wait over; resuming");
+            // Open again, as new, but the waiters and a release still stand.
             *s = State {
-                state: GateState::Open,
-                since: None,
-                reason: String::new(),
-                last_status: None,
-                next_try: None,
-                failed_probes: 0,
-                failures_in_a_row: 0,
-                probing: false,
                 waiters: s.waiters,
                 released: s.released,
+                ..State::default()
             };
             return true;
         }

@@ -232,14 +232,7 @@ mod tests {
     #[test]
     fn the_gate_state_reads_as_what_the_enricher_is_doing() {
         use alertsync_jetstream::{GateState, GateStatus};
-        let open = GateStatus {
-            state: GateState::Open,
-            since: None,
-            reason: String::new(),
-            last_status: None,
-            next_try_in: None,
-            failed_probes: 0,
-        };
+        let open = GateStatus::default();
         assert_eq!(super::describe_gate(&open), "Get Alert answers");
         let down = GateStatus {
             state: GateState::CircuitOpen,

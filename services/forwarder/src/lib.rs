@@ -273,14 +273,7 @@ mod tests {
     fn readiness_says_which_state_since_when_and_why() {
         use alertsync_jetstream::{GateState, GateStatus};
         use std::time::{Duration, UNIX_EPOCH};
-        let open = GateStatus {
-            state: GateState::Open,
-            since: None,
-            reason: String::new(),
-            last_status: None,
-            next_try_in: None,
-            failed_probes: 0,
-        };
+        let open = GateStatus::default();
         assert_eq!(super::describe_gate(&open), "delivering");
         let paused = GateStatus {
             state: GateState::Paused,
