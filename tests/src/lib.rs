@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alertsync_config::{Config, Stage};
+use alertsync_jetstream::worker::CREATION_MARGIN;
 use alertsync_jetstream::{Subjects, async_nats::jetstream};
 use alertsync_nats_launcher::NatsServer;
 use alertsync_proto::{Message as _, v1};
@@ -295,6 +296,13 @@ impl Pipeline {
         self.start_forwarder().await;
     }
 
+    /// Stops the enricher gracefully (asserting a clean exit) and starts a new one.
+    pub async fn restart_enricher(&mut self) {
+        let e = self.enricher.take().expect("enricher running");
+        e.stop().await.expect("enricher stops cleanly");
+        self.start_enricher().await;
+    }
+
     /// Stops every service gracefully, asserting each exits cleanly.
     pub async fn shutdown(mut self) {
         let extra = std::mem::take(&mut self.extra);
@@ -334,6 +342,39 @@ impl Pipeline {
             "http://{}/readyz",
             self.enricher.as_ref().expect("enricher running").addr
         )
+    }
+
+    /// Waits until alerts created from now on can be marked as their alert's only
+    /// `EnrichedAlert` (which spares the forwarder a delivery-record read): every consumer of
+    /// the created and enriched streams is older than [`CREATION_MARGIN`] (a message stored
+    /// later counts as `Delivery::first_ever`), and the created stream has held every alert
+    /// since long enough before now (the enricher's margin for the clocks, and whole seconds).
+    pub async fn wait_until_alerts_can_be_marked(&self) {
+        use futures::StreamExt as _;
+        let s = self.subjects();
+        let mut newest = std::time::UNIX_EPOCH;
+        for name in [s.created_stream(), s.enriched_stream()] {
+            let stream = self.js.get_stream(&name).await.expect("stream exists");
+            let mut consumers = stream.consumers();
+            while let Some(info) = consumers.next().await {
+                let created = std::time::SystemTime::from(info.expect("consumer info").created);
+                newest = newest.max(created);
+            }
+        }
+        let complete_since = alertsync_jetstream::Topology::new(self.js.clone(), &self.config.nats)
+            .created_stream_complete_since()
+            .await
+            .expect("the created stream's state")
+            .expect("the created stream is marked");
+        let past = (newest + CREATION_MARGIN).max(complete_since + Duration::from_secs(3))
+            + Duration::from_millis(100);
+        assert!(
+            eventually(SOON + CREATION_MARGIN, || async move {
+                std::time::SystemTime::now() > past
+            })
+            .await,
+            "the margins passed"
+        );
     }
 
     /// Subject names of this pipeline.

@@ -11,7 +11,7 @@
 //! And the KV bucket `<PREFIX>_DELIVERED` of delivery records (see
 //! [`Topology::ensure_delivery_records`]).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alertsync_config::NatsConfig;
 use async_nats::jetstream::{
@@ -22,6 +22,10 @@ use async_nats::jetstream::{
 };
 
 use crate::Subjects;
+
+/// Metadata key of the created stream: since when (epoch seconds) it holds at most one
+/// message per alert.
+pub const ONE_PER_ALERT_SINCE: &str = "alertsync.one_message_per_alert_since";
 
 /// A stream or consumer could not be created or updated.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,7 @@ impl Topology {
         let age = self.nats.stream_max_age.get();
         self.ensure_stream(s.created_stream(), vec![s.created_all()], age, dup)
             .await?;
+        self.mark_one_per_alert(&s.created_stream()).await?;
         self.ensure_stream(
             s.enriched_stream(),
             vec![s.enriched_all(), s.replay_forward_all()],
@@ -98,6 +103,81 @@ impl Topology {
             dup,
         )
         .await
+    }
+
+    /// Records, in the created stream's metadata, since when it holds at most one message per
+    /// alert (on the alert's own subject): from its creation, or from the first start of a
+    /// version that publishes so, for a stream an older version created (which published on
+    /// one subject per community, where an alert could be stored again).
+    async fn mark_one_per_alert(&self, name: &str) -> Result<(), TopologyError> {
+        let err = |reason: String| TopologyError {
+            what: format!("stream {name}"),
+            reason,
+        };
+        let mut stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut config = stream
+            .info()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .config
+            .clone();
+        if config.metadata.contains_key(ONE_PER_ALERT_SINCE) {
+            return Ok(());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        config
+            .metadata
+            .insert(ONE_PER_ALERT_SINCE.to_string(), now.to_string());
+        self.js
+            .update_stream(config)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Since when the created stream holds every alert published to it, at most once each:
+    /// the later of the time it started holding one message per alert
+    /// ([`Topology::ensure_streams`] records it) and the time of its oldest message (older
+    /// ones expired, or were purged); when it is empty, the time of the last message it
+    /// stored (everything up to it is gone). `None` when the stream does not say (not marked
+    /// yet).
+    ///
+    /// An alert that Sekoia created after that time cannot have been published before without
+    /// the stream still holding it: the ingest would have been told "duplicate".
+    pub async fn created_stream_complete_since(&self) -> Result<Option<SystemTime>, TopologyError> {
+        let name = self.subjects.created_stream();
+        let err = |reason: String| TopologyError {
+            what: format!("stream {name}"),
+            reason,
+        };
+        let mut stream = self
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| err(e.to_string()))?;
+        let Some(marked) = info
+            .config
+            .metadata
+            .get(ONE_PER_ALERT_SINCE)
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return Ok(None);
+        };
+        let marked = UNIX_EPOCH + Duration::from_secs(marked);
+        let oldest = if info.state.messages == 0 {
+            // Zero (the year 1) when it never stored anything: then the mark decides.
+            SystemTime::from(info.state.last_timestamp) + Duration::from_secs(1)
+        } else {
+            SystemTime::from(info.state.first_timestamp)
+        };
+        Ok(Some(marked.max(oldest)))
     }
 
     async fn ensure_stream(

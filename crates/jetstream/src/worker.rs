@@ -17,6 +17,10 @@
 //!
 //! A worker may have a [`Gate`]: while it is closed the loop pulls nothing (or one message
 //! when a probe is due and no held message can make it), see [`crate::gate`].
+//!
+//! Each [`Delivery`] says whether it can have been delivered before, by this consumer or by an
+//! earlier one of the same name ([`Delivery::first_ever`]): handlers may skip a check that
+//! only a repeat needs.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,6 +59,80 @@ const DLQ_FAILED_RETRY: Duration = Duration::from_secs(5);
 /// nats-server's CPU. Waiting this long for a quarter of the handlers to be free makes batches
 /// of several messages, and adds at most this much latency (only when all handlers are busy).
 const GATHER_WAIT: Duration = Duration::from_millis(2);
+/// A message stored this soon after its consumer was created may be older than the consumer
+/// (the two times come from different servers' clocks in a cluster): it does not count as
+/// [`Delivery::first_ever`].
+pub const CREATION_MARGIN: Duration = Duration::from_secs(2);
+/// After this long with no pull request at the server, the consumer's creation time is asked
+/// again before the next one: a consumer deleted and created again meanwhile would hand out
+/// its stream's messages anew, as first deliveries, and a pending request would have been told
+/// (the server ends it), but an idle worker is not.
+const RECHECK_AFTER: Duration = Duration::from_millis(50);
+
+/// What a worker knows of the consumer it pulls from, to tell whether a message can have been
+/// delivered before ([`Delivery::first_ever`]).
+///
+/// A durable consumer deleted and created again under the same name (an operator resetting
+/// it) hands out every message of its stream anew, each as a first delivery. Those messages
+/// were stored before the new consumer was created, so a message counts as never delivered
+/// only when it was stored after the creation time asked of the server. That time is asked
+/// again before a pull whenever the consumer may have changed: the last request ended other
+/// than complete or expired (the server ends pending requests of a deleted consumer), a pull
+/// failed, no request was pending for a while, or the consumer's delivery sequence went back
+/// (a new consumer counts from 1).
+struct Incarnation {
+    consumer: PullConsumer,
+    /// When the consumer was created, as last asked; `None` when that failed.
+    created: Option<SystemTime>,
+    /// Highest delivery sequence seen from it.
+    last_sequence: u64,
+    /// The consumer may have changed since `created` was asked: ask before the next pull, and
+    /// count nothing as never delivered until then.
+    stale: bool,
+}
+
+impl Incarnation {
+    fn new(consumer: PullConsumer) -> Self {
+        Self {
+            consumer,
+            created: None,
+            last_sequence: 0,
+            stale: true,
+        }
+    }
+
+    async fn refresh(&mut self, worker: &str) {
+        match self.consumer.info().await {
+            Ok(info) => {
+                let created = SystemTime::from(info.created);
+                if self.created != Some(created) {
+                    self.last_sequence = 0;
+                }
+                self.created = Some(created);
+                self.stale = false;
+            }
+            Err(e) => {
+                tracing::debug!(%worker, error = %e, "cannot ask the consumer's creation time; every message counts as possibly delivered before");
+                self.created = None;
+                self.stale = true;
+            }
+        }
+    }
+
+    /// Sets `d.first_ever`.
+    fn judge(&mut self, d: &mut Delivery) {
+        if d.consumer_sequence <= self.last_sequence {
+            self.stale = true;
+        }
+        self.last_sequence = self.last_sequence.max(d.consumer_sequence);
+        d.first_ever = d.delivered == 1
+            && !self.stale
+            && !d.is_replay()
+            && self
+                .created
+                .is_some_and(|c| d.published > c + CREATION_MARGIN);
+    }
+}
 
 /// One received message, as handlers see it.
 pub struct Delivery {
@@ -72,16 +150,29 @@ pub struct Delivery {
     pub stream_sequence: u64,
     /// When the stream stored it.
     pub published: SystemTime,
+    /// True only when no earlier delivery of this message can have happened, by any
+    /// consumer: its first delivery (`delivered == 1`), by a consumer created before the
+    /// message was stored (so not a consumer deleted and created again, which hands out
+    /// its stream anew), and not a DLQ replay. Whenever the worker cannot tell, false.
+    ///
+    /// It says nothing about other messages for the same alert: a handler that skips a check
+    /// on it must know that no other message can carry the same work (see the enricher's
+    /// first-enrichment mark).
+    pub first_ever: bool,
+    /// The consumer's delivery sequence (every delivery, redeliveries included, gets the
+    /// next one).
+    consumer_sequence: u64,
     message: jetstream::Message,
 }
 
 impl Delivery {
     fn from_message(message: jetstream::Message) -> Result<Self, String> {
         let info = message.info().map_err(|e| e.to_string())?;
-        let (delivered, stream, stream_sequence, published) = (
+        let (delivered, stream, stream_sequence, consumer_sequence, published) = (
             u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
             info.stream.to_string(),
             info.stream_sequence,
+            info.consumer_sequence,
             SystemTime::from(info.published),
         );
         Ok(Self {
@@ -92,8 +183,20 @@ impl Delivery {
             stream,
             stream_sequence,
             published,
+            first_ever: false,
+            consumer_sequence,
             message,
         })
+    }
+
+    /// Whether a DLQ replay republished this message.
+    pub fn is_replay(&self) -> bool {
+        self.header(crate::dlq::REPLAY_OF_HEADER).is_some()
+    }
+
+    /// The first value of header `name`, if the message has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|v| v.as_str())
     }
 
     /// Tells the server the message is still being worked on (resets its ack timer). For
@@ -197,6 +300,9 @@ impl Worker {
         let Some(mut inbox) = Inbox::open(&js, &name, &shutdown).await else {
             return;
         };
+        let mut incarnation = Incarnation::new(self.consumer.clone());
+        // When the last pull request ended (nothing pending at the server since).
+        let mut idle_since: Option<tokio::time::Instant> = None;
         'pull: loop {
             // Wait for room before asking the server for anything.
             let mut first = tokio::select! {
@@ -215,6 +321,9 @@ impl Worker {
                     first.num_permits() + permits.available_permits()
                 }
             };
+            if incarnation.stale || idle_since.is_none_or(|t| t.elapsed() > RECHECK_AFTER) {
+                incarnation.refresh(&name).await;
+            }
             let request = BatchConfig {
                 batch: wanted,
                 expires: Some(PULL_EXPIRES),
@@ -226,6 +335,7 @@ impl Worker {
                 .await
             {
                 tracing::warn!(worker = %name, error = %e, "pull request failed");
+                incarnation.stale = true;
                 drop(first);
                 pause(&shutdown).await;
                 continue;
@@ -247,7 +357,7 @@ impl Worker {
                     message,
                     context: js.clone(),
                 };
-                let delivery = match Delivery::from_message(message) {
+                let mut delivery = match Delivery::from_message(message) {
                     Ok(d) => d,
                     Err(e) => {
                         // Not a JetStream message (no reply subject): nothing to ack.
@@ -255,6 +365,7 @@ impl Worker {
                         continue;
                     }
                 };
+                incarnation.judge(&mut delivery);
                 let span = process_span(self.config.span_name, &delivery);
                 let handler = handler.clone();
                 let dead_letters = self.dead_letters.clone();
@@ -267,6 +378,12 @@ impl Worker {
                     }
                     .instrument(span),
                 );
+            }
+            idle_since = Some(tokio::time::Instant::now());
+            if answer.end.is_some() {
+                // Whatever ended it (a deleted consumer, a lost connection), the consumer may
+                // not be the one it was.
+                incarnation.stale = true;
             }
             match answer.end {
                 None => {}

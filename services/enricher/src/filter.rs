@@ -26,6 +26,8 @@ pub struct AlertHead {
     community_uuid: Loose,
     #[serde(default)]
     rule: RuleHead,
+    #[serde(default)]
+    created_at: Seconds,
 }
 
 impl AlertHead {
@@ -37,6 +39,11 @@ impl AlertHead {
     /// `community_uuid`, when it is a string.
     pub fn community_uuid(&self) -> Option<&str> {
         self.community_uuid.0.as_deref()
+    }
+
+    /// `created_at` (epoch seconds, as Sekoia writes it), when it is a whole number.
+    pub fn created_at(&self) -> Option<u64> {
+        self.created_at.0
     }
 
     fn rule(&self, field: RuleField) -> Option<&str> {
@@ -53,6 +60,11 @@ impl AlertHead {
 trait Lenient<'de>: Default + Sized {
     /// The value when the JSON value is a string.
     fn from_str(_: &str) -> Self {
+        Self::default()
+    }
+
+    /// The value when the JSON value is a non-negative whole number.
+    fn from_u64(_: u64) -> Self {
         Self::default()
     }
 
@@ -96,8 +108,8 @@ impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
         Ok(T::default())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
-        Ok(T::default())
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        Ok(T::from_u64(v))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
         Ok(T::default())
@@ -115,6 +127,22 @@ impl Lenient<'_> for Loose {
 }
 
 impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A non-negative whole number when the JSON value is one; any other value is skipped.
+#[derive(Debug, Default)]
+struct Seconds(Option<u64>);
+
+impl Lenient<'_> for Seconds {
+    fn from_u64(v: u64) -> Self {
+        Seconds(Some(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(LenientVisitor(std::marker::PhantomData))
     }
@@ -232,6 +260,13 @@ mod tests {
         assert_eq!(h.community_uuid(), None);
         assert_eq!(h.rule(RuleField::Name), Some("R"));
         assert_eq!(h.rule(RuleField::Uuid), None);
+        assert_eq!(h.created_at(), None);
+        let h: AlertHead = serde_json::from_slice(br#"{"created_at":1767262925}"#).unwrap();
+        assert_eq!(h.created_at(), Some(1767262925));
+        for odd in [r#""1767262925""#, "-5", "1.5e9", "null", "[1]"] {
+            let h: AlertHead = serde_json::from_str(&format!(r#"{{"created_at":{odd}}}"#)).unwrap();
+            assert_eq!(h.created_at(), None, "{odd}");
+        }
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! One `AlertCreated` → Get Alert → `EnrichedAlert`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alertsync_config::EnricherConfig;
 use alertsync_http::RetryPolicy;
 use alertsync_jetstream::{
-    Delivery, Gate, Handler, Outcome, Subjects, Turn, async_nats::jetstream, publish::publish_acked,
+    Delivery, Gate, Handler, Outcome, Subjects, Turn,
+    async_nats::jetstream,
+    publish::{FIRST_ENRICHMENT_HEADER, publish_acked},
 };
 use alertsync_proto::{Message as _, canonical_uuid, time, v1};
 use alertsync_sekoia::{GetAlert, SekoiaClient, key::KeyState};
@@ -39,6 +43,9 @@ pub struct Parts {
     /// The circuit to Sekoia: open while Get Alert answers; closed by failures in a row
     /// (or a 429), so that alerts wait without burning attempts while Sekoia is down.
     pub gate: Gate,
+    /// Since when the created stream holds every alert published to it (epoch seconds, 0
+    /// while unknown), kept current by the service (see [`EnrichHandler::only_enrichment`]).
+    pub created_stream_since: Arc<AtomicU64>,
 }
 
 /// Handles `AlertCreated` messages.
@@ -107,6 +114,35 @@ impl EnrichHandler {
         }
     }
 
+    /// Whether the `EnrichedAlert` about to be published is provably its alert's only one,
+    /// which the enricher marks ([`FIRST_ENRICHMENT_HEADER`]) so that the forwarder can skip
+    /// reading the delivery records on its first delivery (one round trip to NATS per alert
+    /// and destination, a third of the median latency at 1000 alerts/s in BENCHMARKS.md).
+    /// All of:
+    /// - this `AlertCreated` was never handled before ([`Delivery::first_ever`]: its first
+    ///   delivery, by a consumer created before it was stored, not a DLQ replay), so no earlier
+    ///   handling of it published anything. A late second enrichment (the enricher crashed
+    ///   between its publish and its ack and came back after the duplicate window) comes from a
+    ///   redelivery, so it is never marked;
+    /// - it is on the alert's own created subject, where the ingest stores at most one message
+    ///   per alert, checked by the server, for as long as the stream keeps it;
+    /// - Sekoia created the alert after the oldest message the created stream still holds
+    ///   (and after the stream began to hold one message per alert), with a margin for the
+    ///   clocks: any earlier message for it would still be in that stream (and the ingest would
+    ///   have been told "duplicate"). An alert seen again after the stream forgot it (expired,
+    ///   purged or deleted) is not marked, and its delivery records (kept longer) are read.
+    ///
+    /// When in doubt (no `created_at`, another subject, a redelivery), no mark: the forwarder
+    /// reads the records, as it always did.
+    fn only_enrichment(&self, d: &Delivery, alert_uuid: &str, alert: &AlertHead) -> bool {
+        only_enrichment(
+            d.first_ever,
+            d.subject == self.parts.subjects.created(alert_uuid),
+            alert.created_at(),
+            self.parts.created_stream_since.load(Ordering::Relaxed),
+        )
+    }
+
     async fn publish(
         &self,
         mut created: v1::AlertCreated,
@@ -147,6 +183,9 @@ impl EnrichHandler {
         };
         let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
         span.in_scope(|| alertsync_telemetry::propagation::inject_nats(&mut headers));
+        if self.only_enrichment(d, &uuid, alert) {
+            headers.insert(FIRST_ENRICHMENT_HEADER, "1");
+        }
         let published = publish_acked(
             &self.parts.js,
             subject,
@@ -285,5 +324,50 @@ impl Handler for EnrichHandler {
                 }
             }
         }
+    }
+}
+
+/// Margin between the NATS servers' clocks and Sekoia's, for
+/// [`EnrichHandler::only_enrichment`] (both are expected to keep time by NTP).
+const CLOCKS_MARGIN_SECS: u64 = 2;
+
+/// [`EnrichHandler::only_enrichment`], from what it looks at.
+fn only_enrichment(
+    first_ever: bool,
+    on_its_own_subject: bool,
+    created_at: Option<u64>,
+    stream_complete_since: u64,
+) -> bool {
+    first_ever
+        && on_its_own_subject
+        && stream_complete_since > 0
+        && created_at.is_some_and(|c| c >= stream_complete_since + CLOCKS_MARGIN_SECS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_never_handled_alert_on_its_own_subject_created_within_the_stream_is_marked() {
+        let since = 1_800_000_000;
+        let after = Some(since + CLOCKS_MARGIN_SECS);
+        assert!(only_enrichment(true, true, after, since));
+        // Handled before (a redelivery, a replay, a reset consumer): maybe enriched before.
+        assert!(!only_enrichment(false, true, after, since));
+        // Not on the alert's own created subject: nothing checked that it is the only one.
+        assert!(!only_enrichment(true, false, after, since));
+        // Created before the stream's oldest message (or within the clocks' margin of it): an
+        // earlier message for it may have expired or been purged.
+        assert!(!only_enrichment(true, true, Some(since - 1), since));
+        assert!(!only_enrichment(
+            true,
+            true,
+            Some(since + CLOCKS_MARGIN_SECS - 1),
+            since
+        ));
+        // No (usable) `created_at`, or the stream's state unknown: cannot tell.
+        assert!(!only_enrichment(true, true, None, since));
+        assert!(!only_enrichment(true, true, after, 0));
     }
 }

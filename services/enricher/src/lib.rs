@@ -14,6 +14,7 @@ pub mod handler;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alertsync_config::Config;
@@ -61,6 +62,43 @@ pub struct Enricher {
     metrics: Metrics,
     stop: CancellationToken,
     client: alertsync_jetstream::async_nats::Client,
+    topology: Topology,
+    created_since: Arc<AtomicU64>,
+}
+
+/// How often the enricher asks since when the created stream holds every alert published to
+/// it: a purge or a deletion of that stream is noticed within this time.
+const CREATED_SINCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `since` at the time from which the created stream holds every alert (epoch seconds,
+/// rounded up; 0 while unknown), until `shutdown`.
+async fn watch_created_since(
+    topology: Topology,
+    since: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        update_created_since(&topology, &since).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CREATED_SINCE_EVERY) => {}
+        }
+    }
+}
+
+async fn update_created_since(topology: &Topology, since: &AtomicU64) {
+    let secs = match topology.created_stream_complete_since().await {
+        Ok(Some(t)) => t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+        Ok(None) => 0,
+        Err(e) => {
+            // Unknown: no alert is marked as its only enrichment until the next answer.
+            tracing::debug!(error = %e, "cannot read the created stream's state");
+            0
+        }
+    };
+    since.store(secs, Ordering::Relaxed);
 }
 
 impl Enricher {
@@ -83,6 +121,8 @@ impl Enricher {
         let e = &cfg.enricher;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
+        let created_since = Arc::new(AtomicU64::new(0));
+        update_created_since(&topology, &created_since).await;
         let subjects = topology.subjects().clone();
         let consumer = topology
             .ensure_consumer(&ConsumerSpec {
@@ -128,6 +168,7 @@ impl Enricher {
                 metrics: metrics.clone(),
                 rejected_key_retry: sekoia_cfg.rejected_key_retry.get(),
                 gate: gate.clone(),
+                created_stream_since: created_since.clone(),
             },
             e.clone(),
             stop.clone(),
@@ -166,6 +207,8 @@ impl Enricher {
             metrics,
             stop,
             client,
+            topology,
+            created_since,
         })
     }
 
@@ -196,6 +239,11 @@ impl Enricher {
             self.key_check.1,
             shutdown.clone(),
         ));
+        let since = tokio::spawn(watch_created_since(
+            self.topology.clone(),
+            self.created_since.clone(),
+            shutdown.clone(),
+        ));
         // Held messages (rejected key) are released as soon as shutdown starts.
         let stop = self.stop.clone();
         let signal = shutdown.clone();
@@ -205,6 +253,7 @@ impl Enricher {
         });
         self.worker.run(self.handler.clone(), shutdown).await;
         let _ = checker.await;
+        let _ = since.await;
         let _ = http.await;
         self.client.flush().await.ok();
         tracing::info!("enricher stopped");

@@ -3,7 +3,8 @@
 //! The order of things is what makes the guarantees:
 //! 1. decode (undecodable → dead-letter as poison);
 //! 2. skip the alert if its delivery record exists (a redelivery or replay of work done), or
-//!    if the destination's filter rejects it;
+//!    if the destination's filter rejects it. The record is not read for the first delivery of
+//!    an alert's only `EnrichedAlert` (marked so by the enricher): no earlier delivery exists;
 //! 3. render (a render error or a body over `max_body_bytes` → dead-letter);
 //! 4. wait for the destination's [`Gate`] (held, not retried, while it is paused, its circuit
 //!    is open or it is rate-limited);
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alertsync_http::Class;
+use alertsync_jetstream::publish::FIRST_ENRICHMENT_HEADER;
 use alertsync_jetstream::subjects::STAGE_FORWARD;
 use alertsync_jetstream::{Delivery, Gate, Handler, Outcome, Turn};
 use alertsync_proto::{Message as _, canonical_uuid, v1};
@@ -136,7 +138,9 @@ impl Handler for ForwardHandler {
         let process = tracing::Span::current();
         process.record("alert.uuid", uuid.as_str());
         process.record("alertsync.destination", name);
-        match self.records.is_delivered(&uuid).await {
+        // The first delivery of the alert's only `EnrichedAlert` cannot follow an earlier one.
+        let never_delivered = d.first_ever && d.header(FIRST_ENRICHMENT_HEADER).is_some();
+        match self.records.is_delivered(&uuid, never_delivered).await {
             Ok(true) => {
                 tracing::info!(alert.uuid = %uuid, destination = %name, attempt = d.delivered, "already delivered; not sending again");
                 self.metrics.delivery(name, "already_delivered");

@@ -3,7 +3,10 @@
 //!
 //! After a 2xx and before the ack, the forwarder writes `<destination>.<alert uuid>` into the
 //! KV bucket `<PREFIX>_DELIVERED` (kept `forwarder.delivery_record_max_age`), and it skips an
-//! alert whose record exists. The only window left is between the 2xx and the record (a crash,
+//! alert whose record exists. The record is read only when the alert may have been delivered
+//! before: not for the first delivery of an `EnrichedAlert` that the enricher marked as its
+//! alert's only one (`FIRST_ENRICHMENT_HEADER`), where no earlier delivery can exist and the
+//! read was a third of the median latency at 1000 alerts/s (BENCHMARKS.md, step 16). The only window left is between the 2xx and the record (a crash,
 //! or NATS unreachable right then); the `Idempotency-Key` header covers it for receivers that
 //! honour it. A delivery whose record could not be written (NATS away) is remembered in memory
 //! instead, so that it still stops a redelivery to the same process, and its record is written
@@ -76,8 +79,13 @@ impl DeliveryRecords {
         format!("{}.{alert_uuid}", self.destination)
     }
 
-    /// Whether `alert_uuid` was already delivered to this destination.
-    pub async fn is_delivered(&self, alert_uuid: &str) -> Result<bool, RecordError> {
+    /// Whether `alert_uuid` was already delivered to this destination. `never_delivered`:
+    /// the caller knows no earlier delivery can exist, so NATS is not asked.
+    pub async fn is_delivered(
+        &self,
+        alert_uuid: &str,
+        never_delivered: bool,
+    ) -> Result<bool, RecordError> {
         let key = self.key(alert_uuid);
         let remembered = self
             .recent
@@ -92,6 +100,9 @@ impl DeliveryRecords {
                 let _ = self.store.put(&key, value(0, 0).into()).await;
             }
             return Ok(true);
+        }
+        if never_delivered {
+            return Ok(false);
         }
         match self.store.get(&key).await {
             Ok(v) => Ok(v.is_some()),
