@@ -1,8 +1,9 @@
 //! The outside world, made cheap so the benchmark measures the pipeline and not its fakes.
 //!
 //! - [`FastSekoia`]: `GET /v1/sic/alerts/{uuid}` answers a realistic alert (the stand-ins'
-//!   fixture, about 5.5 KiB) for any uuid, spliced from two pre-serialised halves; `GET /v1/me`
-//!   accepts the key. Anything without `Authorization: Bearer <key>` gets 401.
+//!   fixture, about 5.5 KiB) for any uuid, created now (`created_at`, as for an alert whose
+//!   creation was just announced), spliced from pre-serialised parts; `GET /v1/me` accepts the
+//!   key. Anything without `Authorization: Bearer <key>` gets 401.
 //! - [`FastDestination`]: answers 200 to every request and credits it to the run whose uuid
 //!   tag matches the `alert_short_id` in the body (the seed template puts the alert uuid
 //!   there), through that run's [`Tracker`]: first receipts are timestamped, repeats counted
@@ -19,6 +20,8 @@ use crate::tracker::{TAG_LEN, Tracker};
 use crate::wire::{self, Server};
 
 const PLACEHOLDER: &str = "@@ALERT-UUID@@";
+/// Stands for `created_at` (a number) in the serialised alert.
+const CREATED_PLACEHOLDER: &str = "\"@@CREATED-AT@@\"";
 const ME: &str = r#"{"uuid":"00000000-0000-4000-8000-000000000001","type":"apikey"}"#;
 const UNAUTHORIZED: &str = r#"{"message":"Invalid or expired API key"}"#;
 const NOT_FOUND: &str = r#"{"message":"Alert not found"}"#;
@@ -32,29 +35,20 @@ pub struct FastSekoia {
 impl FastSekoia {
     /// Starts on a free loopback port, accepting `api_key`.
     pub async fn start(api_key: &str) -> std::io::Result<Self> {
-        let alert = alertsync_standins::alerts::new_alert(
+        let mut alert = alertsync_standins::alerts::new_alert(
             PLACEHOLDER,
             "ALbench000001",
             "Brute force on SSH service",
             "Brute force on SSH service",
         );
+        alert["created_at"] = serde_json::json!(CREATED_PLACEHOLDER.trim_matches('"'));
         let text = serde_json::to_string(&alert).expect("an alert serialises");
-        let (head, tail) = text
-            .split_once(PLACEHOLDER)
-            .expect("the placeholder uuid is in the alert");
-        assert!(!tail.contains(PLACEHOLDER), "the uuid appears once");
-        let head = Bytes::copy_from_slice(head.as_bytes());
-        let tail = Bytes::copy_from_slice(tail.as_bytes());
+        let parts = Arc::new(Spliced::new(&text));
         let expected = Bytes::from(format!("Bearer {api_key}"));
         let gets = Arc::new(AtomicU64::new(0));
         let counter = gets.clone();
         let server = wire::serve(move |req: Request<Incoming>| {
-            let (head, tail, expected, counter) = (
-                head.clone(),
-                tail.clone(),
-                expected.clone(),
-                counter.clone(),
-            );
+            let (parts, expected, counter) = (parts.clone(), expected.clone(), counter.clone());
             async move {
                 let authorized = req
                     .headers()
@@ -70,11 +64,7 @@ impl FastSekoia {
                 match path.strip_prefix("/v1/sic/alerts/") {
                     Some(uuid) if uuid.len() == 36 => {
                         counter.fetch_add(1, Ordering::Relaxed);
-                        let mut body = BytesMut::with_capacity(head.len() + 36 + tail.len());
-                        body.extend_from_slice(&head);
-                        body.extend_from_slice(uuid.as_bytes());
-                        body.extend_from_slice(&tail);
-                        wire::json(StatusCode::OK, body.freeze())
+                        wire::json(StatusCode::OK, parts.alert(uuid))
                     }
                     _ => wire::json(StatusCode::NOT_FOUND, NOT_FOUND),
                 }
@@ -92,6 +82,79 @@ impl FastSekoia {
     /// Get Alert calls answered so far.
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::Relaxed)
+    }
+}
+
+/// The serialised alert cut at its uuid and its `created_at`, in the order they appear.
+struct Spliced {
+    parts: Vec<(Bytes, Option<Slot>)>,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Uuid,
+    CreatedAt,
+}
+
+impl Spliced {
+    fn new(text: &str) -> Self {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = [
+                (PLACEHOLDER, Slot::Uuid),
+                (CREATED_PLACEHOLDER, Slot::CreatedAt),
+            ]
+            .into_iter()
+            .filter_map(|(p, slot)| rest.find(p).map(|at| (at, p.len(), slot)))
+            .min_by_key(|(at, ..)| *at);
+            match next {
+                Some((at, len, slot)) => {
+                    parts.push((Bytes::copy_from_slice(&rest.as_bytes()[..at]), Some(slot)));
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    parts.push((Bytes::copy_from_slice(rest.as_bytes()), None));
+                    break;
+                }
+            }
+        }
+        let slots = |want: fn(&Slot) -> bool| {
+            parts
+                .iter()
+                .filter(|(_, s)| s.as_ref().is_some_and(want))
+                .count()
+        };
+        assert_eq!(
+            slots(|s| matches!(s, Slot::Uuid)),
+            1,
+            "the uuid appears once"
+        );
+        assert_eq!(
+            slots(|s| matches!(s, Slot::CreatedAt)),
+            1,
+            "created_at appears once"
+        );
+        Self { parts }
+    }
+
+    /// The alert `uuid`, created now.
+    fn alert(&self, uuid: &str) -> Bytes {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let mut body =
+            BytesMut::with_capacity(self.parts.iter().map(|(b, _)| b.len()).sum::<usize>() + 64);
+        for (bytes, slot) in &self.parts {
+            body.extend_from_slice(bytes);
+            match slot {
+                Some(Slot::Uuid) => body.extend_from_slice(uuid.as_bytes()),
+                Some(Slot::CreatedAt) => body.extend_from_slice(now.as_bytes()),
+                None => {}
+            }
+        }
+        body.freeze()
     }
 }
 
@@ -171,5 +234,27 @@ mod tests {
         assert_eq!(short_id(body), Some("deadbeef-0003-4000-8000-000000000fff"));
         assert_eq!(short_id(br#"{"other":1}"#), None);
         assert_eq!(short_id(br#"{"alert_short_id":"short"}"#), None);
+    }
+
+    #[test]
+    fn the_fake_alert_has_the_asked_uuid_and_was_created_now() {
+        let mut alert = alertsync_standins::alerts::new_alert(PLACEHOLDER, "AL1", "r", "t");
+        alert["created_at"] = serde_json::json!(CREATED_PLACEHOLDER.trim_matches('"'));
+        let spliced = Spliced::new(&serde_json::to_string(&alert).unwrap());
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let body = spliced.alert("deadbeef-0003-4000-8000-000000000fff");
+        let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got["uuid"], "deadbeef-0003-4000-8000-000000000fff");
+        let created = got["created_at"].as_u64().expect("a number");
+        assert!(
+            (before..=before + 1).contains(&created),
+            "{created} vs {before}"
+        );
+        alert["uuid"] = got["uuid"].clone();
+        alert["created_at"] = got["created_at"].clone();
+        assert_eq!(got, alert, "nothing else changed");
     }
 }

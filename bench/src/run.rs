@@ -34,6 +34,11 @@ const SERVICES: [&str; 3] = [
 const ONE_PROCESS: &str = "alertsync-run";
 /// Longest wait for a service to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long after the services' start the measured runs begin, at the earliest. Within 2 s of a
+/// consumer's creation a stage counts a message as possibly delivered before, and the enricher
+/// an alert created within 3 s of its stream's marking, so the forwarder reads the delivery
+/// records then, as after a first start: the runs measure a deployment that has been running.
+const SETTLE: Duration = Duration::from_secs(4);
 /// A run ends when nothing new arrived for this long…
 const DRAIN_IDLE: Duration = Duration::from_secs(15);
 /// …or this long after the last request went out.
@@ -373,6 +378,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
 
     // The three services, started together as a deployment would.
     let mut services = Vec::new();
+    let mut settled: Option<Instant> = None;
     if plan.project {
         let listen = [
             procs::free_addr()?,
@@ -403,6 +409,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         let spawned = Instant::now();
+        settled = Some(spawned + SETTLE);
         if plan.one_process {
             // Every stage in one process, each still serving its own listen address.
             services.push(Service::spawn(
@@ -521,6 +528,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         for t in &targets {
             warmups.push(bench.run(t, &warm, 0).await);
         }
+    }
+    if let Some(at) = settled {
+        tokio::time::sleep_until(at.into()).await;
     }
     let mut runs = Vec::new();
     for repeat in 1..=plan.repeat.max(1) {
