@@ -324,6 +324,54 @@ async fn an_alert_published_again_after_the_created_stream_was_purged_is_not_sen
 }
 
 #[tokio::test]
+async fn a_created_stream_an_older_version_made_is_marked_from_the_next_start_on() {
+    use alertsync_jetstream::Topology;
+    use alertsync_jetstream::topology::ONE_PER_ALERT_SINCE;
+    let p = Pipeline::start(&destination("soar", "/soar", MAIN_TEMPLATE)).await;
+    let s = p.subjects();
+    let topology = Topology::new(p.js.clone(), &p.config.nats);
+    let mut stream = p.js.get_stream(s.created_stream()).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    assert!(
+        config.metadata.contains_key(ONE_PER_ALERT_SINCE),
+        "marked when created"
+    );
+
+    // As a version that published on one subject per community left it.
+    config.metadata.remove(ONE_PER_ALERT_SINCE);
+    p.js.update_stream(config).await.unwrap();
+    assert_eq!(
+        topology.created_stream_complete_since().await.unwrap(),
+        None,
+        "unmarked: nothing is known to be its alert's only message"
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    topology.ensure_streams().await.unwrap();
+    let marked: u64 = stream.info().await.unwrap().config.metadata[ONE_PER_ALERT_SINCE]
+        .parse()
+        .unwrap();
+    assert!(
+        marked >= before,
+        "marked from this start on: {marked} < {before}"
+    );
+    let since = topology
+        .created_stream_complete_since()
+        .await
+        .unwrap()
+        .expect("marked");
+    assert!(since >= std::time::UNIX_EPOCH + Duration::from_secs(before));
+
+    // A later start keeps the mark as it is.
+    topology.ensure_streams().await.unwrap();
+    let again = &stream.info().await.unwrap().config.metadata[ONE_PER_ALERT_SINCE];
+    assert_eq!(again, &marked.to_string());
+    p.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_413_is_dead_lettered_saying_the_body_is_too_large_for_the_destination() {
     let p = Pipeline::start(&destination("intake", "/intake", INTAKE_TEMPLATE)).await;
     p.receiver.always(

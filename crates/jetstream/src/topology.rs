@@ -86,14 +86,27 @@ impl Topology {
         let s = &self.subjects;
         let dup = self.nats.duplicate_window.get();
         let age = self.nats.stream_max_age.get();
-        self.ensure_stream(s.created_stream(), vec![s.created_all()], age, dup)
-            .await?;
-        self.mark_one_per_alert(&s.created_stream()).await?;
+        // The created stream records since when it holds at most one message per alert (on the
+        // alert's own subject): from its creation, or, for a stream an older version created
+        // (one subject per community, where an alert could be stored again), from the first
+        // start of a version that publishes so.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        self.ensure_stream(
+            s.created_stream(),
+            vec![s.created_all()],
+            age,
+            dup,
+            Some((ONE_PER_ALERT_SINCE, now.to_string())),
+        )
+        .await?;
         self.ensure_stream(
             s.enriched_stream(),
             vec![s.enriched_all(), s.replay_forward_all()],
             age,
             dup,
+            None,
         )
         .await?;
         self.ensure_stream(
@@ -101,44 +114,9 @@ impl Topology {
             vec![s.dead_letter_all()],
             self.nats.dlq_max_age.get(),
             dup,
+            None,
         )
         .await
-    }
-
-    /// Records, in the created stream's metadata, since when it holds at most one message per
-    /// alert (on the alert's own subject): from its creation, or from the first start of a
-    /// version that publishes so, for a stream an older version created (which published on
-    /// one subject per community, where an alert could be stored again).
-    async fn mark_one_per_alert(&self, name: &str) -> Result<(), TopologyError> {
-        let err = |reason: String| TopologyError {
-            what: format!("stream {name}"),
-            reason,
-        };
-        let mut stream = self
-            .js
-            .get_stream(name)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let mut config = stream
-            .info()
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .config
-            .clone();
-        if config.metadata.contains_key(ONE_PER_ALERT_SINCE) {
-            return Ok(());
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |t| t.as_secs());
-        config
-            .metadata
-            .insert(ONE_PER_ALERT_SINCE.to_string(), now.to_string());
-        self.js
-            .update_stream(config)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        Ok(())
     }
 
     /// Since when the created stream holds every alert published to it, at most once each:
@@ -186,12 +164,13 @@ impl Topology {
         subjects: Vec<String>,
         max_age: Duration,
         duplicate_window: Duration,
+        mark: Option<(&str, String)>,
     ) -> Result<(), TopologyError> {
         let err = |reason: String| TopologyError {
             what: format!("stream {name}"),
             reason,
         };
-        let wanted = stream::Config {
+        let mut wanted = stream::Config {
             name: name.clone(),
             subjects,
             retention: RetentionPolicy::Limits,
@@ -201,6 +180,11 @@ impl Topology {
             duplicate_window,
             ..Default::default()
         };
+        // A metadata entry set once, when the stream is created or first lacks it, and then
+        // kept as it is.
+        if let Some((key, value)) = &mark {
+            wanted.metadata.insert(key.to_string(), value.clone());
+        }
         let mut stream = self
             .js
             .get_or_create_stream(wanted.clone())
@@ -212,18 +196,25 @@ impl Topology {
             .map_err(|e| err(e.to_string()))?
             .config
             .clone();
+        let unmarked = mark
+            .as_ref()
+            .is_some_and(|(key, _)| !current.metadata.contains_key(*key));
         if current.num_replicas != wanted.num_replicas
             || current.max_age != wanted.max_age
             || current.duplicate_window != wanted.duplicate_window
             || current.subjects != wanted.subjects
+            || unmarked
         {
-            let updated = stream::Config {
+            let mut updated = stream::Config {
                 num_replicas: wanted.num_replicas,
                 max_age: wanted.max_age,
                 duplicate_window: wanted.duplicate_window,
                 subjects: wanted.subjects,
                 ..current
             };
+            if let Some((key, value)) = mark {
+                updated.metadata.entry(key.to_string()).or_insert(value);
+            }
             self.js
                 .update_stream(updated)
                 .await

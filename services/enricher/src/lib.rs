@@ -77,12 +77,13 @@ async fn watch_created_since(
     since: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
+    // `build_on` read it once already, before the worker started.
     loop {
-        update_created_since(&topology, &since).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(CREATED_SINCE_EVERY) => {}
         }
+        update_created_since(&topology, &since).await;
     }
 }
 
