@@ -375,6 +375,62 @@ async fn sigterm_under_load_finishes_in_flight_deliveries_exits_zero_and_leaves_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_nats_is_down_stops_every_service_with_exit_zero_and_loses_nothing() {
+    let started = Instant::now();
+    let mut p = FaultPipeline::start(Options::default()).await;
+    let sender = p.send(300, 100);
+    assert!(
+        p.receiver
+            .wait_until(Duration::from_secs(60), |r| r.len() >= 50)
+            .await
+    );
+    let Nats::Single(server) = &mut p.nats else {
+        unreachable!()
+    };
+    server.kill();
+    // An operator stops or rolls the services during a NATS outage. Each must still exit
+    // (async-nats answers a flush only once connected: an unbounded one never returned).
+    let grace = Duration::from_secs(40);
+    let stop = Instant::now();
+    let (ingest, enricher, forwarder) = tokio::join!(
+        p.ingest.terminate(grace),
+        p.enricher.terminate(grace),
+        p.forwarder.terminate(grace),
+    );
+    let took = stop.elapsed();
+    println!("SIGTERM with NATS down: every service exited within {took:?}");
+    assert_eq!(
+        (ingest, enricher, forwarder),
+        (Some(0), Some(0), Some(0)),
+        "ingest, enricher, forwarder exit codes after SIGTERM with NATS down ({took:?}; None: still running after {grace:?})"
+    );
+    let logs = format!("{}\n{}", p.enricher.logs(), p.forwarder.logs());
+    assert!(
+        logs.contains("NATS is unreachable at shutdown"),
+        "no service said what it could not send"
+    );
+    // Nothing the webhook accepted is lost, and nothing reaches the receiver twice beyond a
+    // delivery in flight when NATS went away (its record could not be written).
+    let Nats::Single(server) = &mut p.nats else {
+        unreachable!()
+    };
+    server.restart().expect("nats-server restarts on its store");
+    p.ingest.start().await;
+    p.enricher.start().await;
+    p.forwarder.start().await;
+    let t = p.settle(&sender, "soar", DRAIN).await;
+    t.report("10 SIGTERM to every service while NATS is down", started);
+    assert_eq!(t.lost, 0, "{t}");
+    assert_eq!(t.dead_letters, 0, "{t}");
+    assert!(
+        t.duplicates <= 16,
+        "more duplicates than deliveries in flight: {t}"
+    );
+    assert_eq!(t.duplicates_past_idempotency_key, 0, "{t}");
+    p.assert_no_secret_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_on_every_subject_is_dead_lettered_with_reasons_while_alerts_keep_flowing() {
     let started = Instant::now();
     let p = FaultPipeline::start(Options {

@@ -38,6 +38,30 @@ pub enum ConnectError {
     },
 }
 
+/// Longest wait at shutdown for what a client still holds (acks, NAKs) to reach NATS.
+pub const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// Sends what `client` still holds to NATS before the process exits, waiting at most
+/// [`FINAL_FLUSH_WAIT`]: async-nats answers a flush only once it is connected, so with NATS
+/// unreachable an unbounded wait kept a service from ever exiting on SIGTERM.
+///
+/// Nothing accepted is lost when the wait runs out. Publishes were all confirmed before their
+/// work counted as done; what is dropped are acks and NAKs, and a message whose ack was
+/// dropped comes back after its ack wait, where the enricher's deduplication and the
+/// forwarder's delivery records keep it from being sent again.
+pub async fn flush_before_exit(client: &async_nats::Client, service: &str) {
+    if tokio::time::timeout(FINAL_FLUSH_WAIT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            service,
+            waited_s = FINAL_FLUSH_WAIT.as_secs(),
+            "NATS is unreachable at shutdown: acks not sent yet are dropped; those messages come back after the ack wait and are not sent again"
+        );
+    }
+}
+
 /// A connection and its JetStream context, as [`connect`] returns them. Stages that run in one
 /// process (`alertsync run`) share one.
 pub type Connection = (async_nats::Client, async_nats::jetstream::Context);

@@ -256,7 +256,7 @@ impl Enricher {
         let _ = checker.await;
         let _ = since.await;
         let _ = http.await;
-        self.client.flush().await.ok();
+        alertsync_jetstream::connect::flush_before_exit(&self.client, "enricher").await;
         tracing::info!("enricher stopped");
         Ok(())
     }

@@ -227,7 +227,7 @@ impl Forwarder {
             let _ = l.await;
         }
         let _ = http.await;
-        self.client.flush().await.ok();
+        alertsync_jetstream::connect::flush_before_exit(&self.client, "forwarder").await;
         tracing::info!("forwarder stopped");
         Ok(())
     }

@@ -180,7 +180,7 @@ impl Ingest {
         }
         alertsync_runtime::serve(self.listener, self.router, shutdown).await;
         while tasks.join_next().await.is_some() {}
-        self.client.flush().await.ok();
+        alertsync_jetstream::connect::flush_before_exit(&self.client, "ingest").await;
         tracing::info!("ingest stopped");
         Ok(())
     }
