@@ -57,7 +57,7 @@ pub async fn flush_before_exit(client: &async_nats::Client, service: &str) {
         tracing::warn!(
             service,
             waited_s = FINAL_FLUSH_WAIT.as_secs(),
-            "NATS is unreachable at shutdown: acks not sent yet are dropped; those messages come back after the ack wait and are not sent again"
+            "NATS is unreachable at shutdown: what the client still held (acks, NAKs) is dropped; unacknowledged messages come back after their ack wait and are not sent again"
         );
     }
 }
