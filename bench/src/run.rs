@@ -610,7 +610,7 @@ fn nats_pid(nats: &NatsServer) -> Option<u32> {
 async fn dead_letters(url: &str, prefix: &str) -> anyhow::Result<u64> {
     let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
-    let name = alertsync_jetstream::Subjects::new(prefix).dead_letter_stream();
+    let name = alertsync_nats::Subjects::new(prefix).dead_letter_stream();
     let mut stream = js.get_stream(name).await?;
     Ok(stream.info().await?.state.messages)
 }

@@ -178,7 +178,7 @@ fn check_templates(config: &Config, report: &mut Report) {
 
 async fn check_nats(config: &Config, report: &mut Report) {
     let url = &config.nats.url;
-    let connect = alertsync_jetstream::connect(&config.nats, "alertsync-check");
+    let connect = alertsync_nats::connect(&config.nats, "alertsync-check");
     let (client, js) = match tokio::time::timeout(CHECK_TIMEOUT, connect).await {
         Err(_) => {
             return report.fail(
@@ -189,7 +189,7 @@ async fn check_nats(config: &Config, report: &mut Report) {
         }
         Ok(Err(e)) => {
             let fix = match e {
-                alertsync_jetstream::ConnectError::Unreachable { .. } => {
+                alertsync_nats::ConnectError::Unreachable { .. } => {
                     "check nats.url, that nats-server is running (with -js) and reachable from \
                      here, and the credentials in [nats]"
                 }

@@ -79,7 +79,7 @@ pub async fn run_stages(
     };
     // The stages share one NATS connection: one task writes for all of them, and nats-server
     // serves one client instead of three (BENCHMARKS.md round seven).
-    let nats = alertsync_jetstream::connect(&config.nats, "alertsync").await?;
+    let nats = alertsync_nats::connect(&config.nats, "alertsync").await?;
     for stage in stages {
         match stage {
             Stage::Ingest => {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use alertsync_config::{Config, Stage};
-use alertsync_jetstream::Subjects;
+use alertsync_nats::Subjects;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -6,6 +6,12 @@
 //! - [`v1::DeadLetter`]: any stage → the dead-letter stream.
 //!
 //! Helpers for timestamps live in [`time`]; [`canonical_uuid`] is the one uuid check.
+//! [`protocol`] holds the rest of what stages agree on: headers, [`Stage`] names and
+//! [`DeadLetterClass`]es.
+
+pub mod protocol;
+
+pub use protocol::{DeadLetterClass, Stage};
 
 /// Generated types of package `alertsync.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alertsync_config::{Config, Stage};
-use alertsync_jetstream::{Subjects, async_nats::jetstream};
+use alertsync_nats::{Subjects, async_nats::jetstream};
 use alertsync_nats_launcher::{NatsCluster, NatsServer};
 use alertsync_proto::{Message as _, v1};
 use alertsync_standins::{FakeSekoia, Receiver, Recorded};
@@ -718,11 +718,11 @@ max_retry_after = "10s"
 }
 
 async fn connect_js(url: &str) -> jetstream::Context {
-    let servers: Vec<alertsync_jetstream::async_nats::ServerAddr> = url
+    let servers: Vec<alertsync_nats::async_nats::ServerAddr> = url
         .split(',')
         .map(|u| u.parse().expect("nats url"))
         .collect();
-    let client = alertsync_jetstream::async_nats::ConnectOptions::new()
+    let client = alertsync_nats::async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(servers)
         .await

@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use alertsync_config::{Config, Stage};
-use alertsync_jetstream::worker::CREATION_MARGIN;
-use alertsync_jetstream::{Subjects, async_nats::jetstream};
+use alertsync_nats::{Subjects, async_nats::jetstream};
 use alertsync_nats_launcher::NatsServer;
 use alertsync_proto::{Message as _, v1};
 use alertsync_runtime::Health;
 use alertsync_standins::{FakeSekoia, Receiver, alerts};
+use alertsync_worker::worker::CREATION_MARGIN;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -201,7 +201,7 @@ impl Pipeline {
         .replacen(DEFAULT_ENRICHER, enricher, 1)
         .replacen("[nats]\n", &format!("[nats]\n{nats_lines}\n"), 1);
         let config = Config::parse(&text, &test_env, &Stage::ALL).expect("test config is valid");
-        let client = alertsync_jetstream::async_nats::connect(nats.url())
+        let client = alertsync_nats::async_nats::connect(nats.url())
             .await
             .expect("connect");
         let js = jetstream::new(client);
@@ -361,7 +361,7 @@ impl Pipeline {
                 newest = newest.max(created);
             }
         }
-        let complete_since = alertsync_jetstream::Topology::new(self.js.clone(), &self.config.nats)
+        let complete_since = alertsync_nats::Topology::new(self.js.clone(), &self.config.nats)
             .created_stream_complete_since()
             .await
             .expect("the created stream's state")

@@ -9,10 +9,12 @@
 //! `ALERTSYNC_FAULT_REPORT=<file>` to collect them); the README quotes them.
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test` does).
+//! The suite is behind the `faults` feature: `cargo test -p alertsync-tests --features faults
+//! --test faults` runs it alone; `scripts/test` turns it on.
 
 use std::time::{Duration, Instant};
 
-use alertsync_jetstream::async_nats::jetstream;
+use alertsync_nats::async_nats::jetstream;
 use alertsync_proto::{Message as _, v1};
 use alertsync_standins::Reply;
 use alertsync_tests::faults::*;

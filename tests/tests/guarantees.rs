@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use alertsync_jetstream::async_nats::jetstream;
+use alertsync_nats::async_nats::jetstream;
 use alertsync_proto::{Message as _, v1};
 use alertsync_standins::Reply;
 use alertsync_tests::*;
@@ -14,7 +14,7 @@ use alertsync_tests::*;
 fn is_marked_only(message: &jetstream::message::StreamMessage) -> bool {
     message
         .headers
-        .get(alertsync_jetstream::publish::FIRST_ENRICHMENT_HEADER)
+        .get(alertsync_proto::protocol::FIRST_ENRICHMENT_HEADER)
         .is_some()
 }
 
@@ -134,8 +134,8 @@ async fn an_alert_whose_message_comes_back_after_delivery_is_not_sent_again() {
     );
 
     // 3. A DLQ replay of the delivered alert (a new message, on the replay subject).
-    let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
-    headers.insert(alertsync_jetstream::dlq::REPLAY_OF_HEADER, "1");
+    let mut headers = alertsync_nats::async_nats::HeaderMap::new();
+    headers.insert(alertsync_proto::protocol::REPLAY_OF_HEADER, "1");
     let ack =
         p.js.publish_with_headers(s.replay_forward("soar"), headers, original.payload.clone())
             .await
@@ -204,8 +204,8 @@ async fn delivery_records_are_read_unless_the_alert_cannot_have_been_delivered_b
     }
     let of_first = of_first.expect("the first alert's EnrichedAlert");
     let replay = |e: v1::EnrichedAlert| {
-        let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
-        headers.insert(alertsync_jetstream::dlq::REPLAY_OF_HEADER, "1");
+        let mut headers = alertsync_nats::async_nats::HeaderMap::new();
+        headers.insert(alertsync_proto::protocol::REPLAY_OF_HEADER, "1");
         p.js.publish_with_headers(s.replay_forward("soar"), headers, e.encode_to_vec().into())
     };
     replay(of_first.clone()).await.unwrap().await.unwrap();
@@ -325,8 +325,8 @@ async fn an_alert_published_again_after_the_created_stream_was_purged_is_not_sen
 
 #[tokio::test]
 async fn a_created_stream_an_older_version_made_is_marked_from_the_next_start_on() {
-    use alertsync_jetstream::Topology;
-    use alertsync_jetstream::topology::ONE_PER_ALERT_SINCE;
+    use alertsync_nats::Topology;
+    use alertsync_nats::topology::ONE_PER_ALERT_SINCE;
     let p = Pipeline::start(&destination("soar", "/soar", MAIN_TEMPLATE)).await;
     let s = p.subjects();
     let topology = Topology::new(p.js.clone(), &p.config.nats);

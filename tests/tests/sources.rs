@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use alertsync_jetstream::async_nats::jetstream::kv;
+use alertsync_nats::async_nats::jetstream::kv;
 use alertsync_standins::alerts;
 use alertsync_tests::*;
 use futures::StreamExt;

@@ -43,6 +43,8 @@ macro_rules! detail_span {
 }
 
 use std::sync::Arc;
+
+use alertsync_proto::{DeadLetterClass, Stage};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -255,12 +257,12 @@ impl Metrics {
             .inc();
     }
     /// An alert filtered out at `stage` (for `destination`, "" for the enricher) by `filter`.
-    pub fn filtered(&self, stage: &str, destination: &str, filter: &str) {
+    pub fn filtered(&self, stage: Stage, destination: Option<&str>, filter: &str) {
         self.inner
             .filtered
             .get_or_create(&labels([
-                ("stage", stage),
-                ("destination", destination),
+                ("stage", stage.as_str()),
+                ("destination", destination.unwrap_or_default()),
                 ("filter", filter),
             ]))
             .inc();
@@ -305,20 +307,23 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
     /// A message of `stage` (for `destination`) scheduled for another attempt.
-    pub fn retry(&self, stage: &str, destination: &str) {
+    pub fn retry(&self, stage: Stage, destination: Option<&str>) {
         self.inner
             .retries
-            .get_or_create(&labels([("stage", stage), ("destination", destination)]))
+            .get_or_create(&labels([
+                ("stage", stage.as_str()),
+                ("destination", destination.unwrap_or_default()),
+            ]))
             .inc();
     }
-    /// A message of `stage` dead-lettered, with a bounded `reason` class.
-    pub fn dead_lettered(&self, stage: &str, destination: &str, reason: &str) {
+    /// A message of `stage` dead-lettered (counted once its entry is stored), by class.
+    pub fn dead_lettered(&self, stage: Stage, destination: Option<&str>, class: DeadLetterClass) {
         self.inner
             .dead_lettered
             .get_or_create(&labels([
-                ("stage", stage),
-                ("destination", destination),
-                ("reason", reason),
+                ("stage", stage.as_str()),
+                ("destination", destination.unwrap_or_default()),
+                ("reason", class.as_str()),
             ]))
             .inc();
     }

@@ -5,15 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alertsync_config::EnricherConfig;
+use alertsync_gate::{Gate, Turn};
 use alertsync_http::RetryPolicy;
-use alertsync_jetstream::{
-    Delivery, Gate, Handler, Outcome, Subjects, Turn,
-    async_nats::jetstream,
-    publish::{FIRST_ENRICHMENT_HEADER, publish_acked},
-};
-use alertsync_proto::{Message as _, canonical_uuid, time, v1};
+use alertsync_nats::{Subjects, async_nats::jetstream, publish::publish_acked};
+use alertsync_proto::protocol::FIRST_ENRICHMENT_HEADER;
+use alertsync_proto::{DeadLetterClass, Message as _, Stage, canonical_uuid, time, v1};
 use alertsync_sekoia::{GetAlert, SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
+use alertsync_worker::{Delivery, Handler, Outcome};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -78,15 +77,21 @@ impl EnrichHandler {
     }
 
     fn retry_after(&self, d: &Delivery, retry_after: Option<Duration>) -> Outcome {
-        self.parts.metrics.retry("enrich", "");
+        self.parts.metrics.retry(Stage::Enrich, None);
         Outcome::Retry {
             after: self.retry.delay(d.delivered, retry_after),
         }
     }
 
-    fn dead(&self, reason: String, status: Option<u16>, uuid: &str, class: &str) -> Outcome {
-        self.parts.metrics.dead_lettered("enrich", "", class);
+    fn dead(
+        &self,
+        reason: String,
+        status: Option<u16>,
+        uuid: &str,
+        class: DeadLetterClass,
+    ) -> Outcome {
         Outcome::DeadLetter {
+            class,
             reason,
             last_status: status,
             alert_uuid: uuid.to_string(),
@@ -155,7 +160,7 @@ impl EnrichHandler {
             tracing::Span::current().record("alert.short_id", short_id);
         }
         if let Some(filter) = self.parts.filter.rejects(alert) {
-            self.parts.metrics.filtered("enrich", "", filter);
+            self.parts.metrics.filtered(Stage::Enrich, None, filter);
             tracing::debug!(alert.uuid = %uuid, filter, "alert filtered out");
             return Outcome::Ack;
         }
@@ -181,7 +186,7 @@ impl EnrichHandler {
             alert_json: body,
             fetched_at: Some(time::now()),
         };
-        let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
+        let mut headers = alertsync_nats::async_nats::HeaderMap::new();
         span.in_scope(|| alertsync_telemetry::propagation::inject_nats(&mut headers));
         if self.only_enrichment(d, &uuid, alert) {
             headers.insert(FIRST_ENRICHMENT_HEADER, "1");
@@ -218,7 +223,7 @@ impl Handler for EnrichHandler {
                     format!("poison: undecodable AlertCreated: {e}"),
                     None,
                     "",
-                    "poison",
+                    DeadLetterClass::Poison,
                 );
             }
         };
@@ -227,7 +232,7 @@ impl Handler for EnrichHandler {
                 "poison: AlertCreated without a valid alert uuid".into(),
                 None,
                 "",
-                "poison",
+                DeadLetterClass::Poison,
             );
         };
         let span = tracing::Span::current();
@@ -263,7 +268,7 @@ impl Handler for EnrichHandler {
                             format!("Get Alert answered 404 on {} attempts", d.delivered),
                             Some(404),
                             &uuid,
-                            "not_found",
+                            DeadLetterClass::NotFound,
                         );
                     }
                     return self.retry_after(d, None);
@@ -311,7 +316,7 @@ impl Handler for EnrichHandler {
                             format!("gave up after {} attempts: {reason}", d.delivered),
                             status,
                             &uuid,
-                            "exhausted",
+                            DeadLetterClass::Exhausted,
                         );
                     }
                     tracing::debug!(alert.uuid = %uuid, %reason, attempt = d.delivered, "Get Alert failed; will retry");
@@ -320,7 +325,7 @@ impl Handler for EnrichHandler {
                 GetAlert::Permanent { status, reason } => {
                     pass.answered();
                     m.sekoia_error(&status.to_string());
-                    return self.dead(reason, Some(status), &uuid, "http_4xx");
+                    return self.dead(reason, Some(status), &uuid, DeadLetterClass::Http4xx);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The enricher service: consumes `AlertCreated`, calls Sekoia's Get Alert and publishes an
 //! `EnrichedAlert` (message id `enriched:<uuid>`) on `<prefix>.alerts.enriched.<community>`.
 //!
-//! - [`handler`]: what happens to one message, as an [`alertsync_jetstream::Outcome`]: 200 →
+//! - [`handler`]: what happens to one message, as an [`alertsync_worker::Outcome`]: 200 →
 //!   publish then ack; 404 → retry up to `enricher.not_found_attempts`; 429/5xx/timeouts →
 //!   delayed NAK (raised to `Retry-After`), dead-letter when attempts run out; 401/403 → hold
 //!   the message without burning attempts while the key is rejected; undecodable → poison.
@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alertsync_config::Config;
-use alertsync_jetstream::{
-    Connection, Gate, GatePolicy, GateState, GateStatus, Topology, Worker, WorkerConfig, connect,
-    dead_letter::DeadLetters, subjects::STAGE_ENRICH, topology::ConsumerSpec,
-};
+use alertsync_gate::{Gate, GatePolicy, GateState, GateStatus};
+use alertsync_nats::{Connection, Topology, connect, topology::ConsumerSpec};
+use alertsync_proto::Stage;
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
+use alertsync_worker::{DeadLetters, Worker, WorkerConfig};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,7 @@ pub struct Enricher {
     key_check: (Duration, Duration),
     metrics: Metrics,
     stop: CancellationToken,
-    client: alertsync_jetstream::async_nats::Client,
+    client: alertsync_nats::async_nats::Client,
     topology: Topology,
     created_since: Arc<AtomicU64>,
 }
@@ -176,10 +176,11 @@ impl Enricher {
         ));
         let dead_letters = DeadLetters::new(
             js,
-            subjects.dead_letter(STAGE_ENRICH, None),
-            STAGE_ENRICH,
+            subjects.dead_letter(Stage::Enrich, None),
+            Stage::Enrich,
             None,
             cfg.redactor.clone(),
+            metrics.clone(),
         );
         let worker = Worker::new(
             consumer,
@@ -256,7 +257,7 @@ impl Enricher {
         let _ = checker.await;
         let _ = since.await;
         let _ = http.await;
-        alertsync_jetstream::connect::flush_before_exit(&self.client, "enricher").await;
+        alertsync_nats::connect::flush_before_exit(&self.client, "enricher").await;
         tracing::info!("enricher stopped");
         Ok(())
     }
@@ -281,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_gate_state_reads_as_what_the_enricher_is_doing() {
-        use alertsync_jetstream::{GateState, GateStatus};
+        use alertsync_gate::{GateState, GateStatus};
         let open = GateStatus::default();
         assert_eq!(super::describe_gate(&open), "Get Alert answers");
         let down = GateStatus {

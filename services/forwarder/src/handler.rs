@@ -20,13 +20,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use alertsync_gate::{Gate, Turn};
 use alertsync_http::Class;
-use alertsync_jetstream::publish::FIRST_ENRICHMENT_HEADER;
-use alertsync_jetstream::subjects::STAGE_FORWARD;
-use alertsync_jetstream::{Delivery, Gate, Handler, Outcome, Turn};
-use alertsync_proto::{Message as _, canonical_uuid, v1};
+use alertsync_proto::protocol::FIRST_ENRICHMENT_HEADER;
+use alertsync_proto::{DeadLetterClass, Message as _, Stage, canonical_uuid, v1};
 use alertsync_telemetry::Metrics;
 use alertsync_template::{Context, RawAlert};
+use alertsync_worker::{Delivery, Handler, Outcome};
 use tracing::Instrument;
 
 use crate::destination::{Attempt, Destination};
@@ -62,10 +62,15 @@ impl ForwardHandler {
         }
     }
 
-    fn dead(&self, class: &str, reason: String, status: Option<u16>, uuid: &str) -> Outcome {
-        self.metrics
-            .dead_lettered(STAGE_FORWARD, &self.dest.name, class);
+    fn dead(
+        &self,
+        class: DeadLetterClass,
+        reason: String,
+        status: Option<u16>,
+        uuid: &str,
+    ) -> Outcome {
         Outcome::DeadLetter {
+            class,
             reason,
             last_status: status,
             alert_uuid: uuid.to_string(),
@@ -116,7 +121,7 @@ impl Handler for ForwardHandler {
             Ok(m) => m,
             Err(e) => {
                 return self.dead(
-                    "poison",
+                    DeadLetterClass::Poison,
                     format!("poison: undecodable EnrichedAlert: {e}"),
                     None,
                     "",
@@ -129,7 +134,7 @@ impl Handler for ForwardHandler {
             .and_then(|c| canonical_uuid(&c.alert_uuid))
         else {
             return self.dead(
-                "poison",
+                DeadLetterClass::Poison,
                 "poison: EnrichedAlert without a valid alert uuid".into(),
                 None,
                 "",
@@ -151,7 +156,7 @@ impl Handler for ForwardHandler {
                 // Sending without knowing could deliver twice; this is NATS' trouble, not the
                 // alert's, so it never leads to a dead letter.
                 tracing::warn!(alert.uuid = %uuid, destination = %name, error = %e, "will retry");
-                self.metrics.retry(STAGE_FORWARD, name);
+                self.metrics.retry(Stage::Forward, Some(name));
                 return Outcome::Retry {
                     after: RECORD_UNKNOWN_DELAY,
                 };
@@ -162,7 +167,7 @@ impl Handler for ForwardHandler {
             Ok(t) => t,
             Err(e) => {
                 return self.dead(
-                    "poison",
+                    DeadLetterClass::Poison,
                     format!("poison: the alert body is not UTF-8: {e}"),
                     None,
                     &uuid,
@@ -173,7 +178,7 @@ impl Handler for ForwardHandler {
             Ok(a) => a,
             Err(e) => {
                 return self.dead(
-                    "poison",
+                    DeadLetterClass::Poison,
                     format!("poison: the alert body is not JSON: {e}"),
                     None,
                     &uuid,
@@ -187,7 +192,7 @@ impl Handler for ForwardHandler {
         };
         if let Some(filter) = rejected {
             // Not for this destination: acked, counted, and never sent or dead-lettered.
-            self.metrics.filtered(STAGE_FORWARD, name, filter);
+            self.metrics.filtered(Stage::Forward, Some(name), filter);
             tracing::debug!(alert.uuid = %uuid, destination = %name, filter, "alert filtered out");
             return Outcome::Ack;
         }
@@ -197,7 +202,7 @@ impl Handler for ForwardHandler {
                 .in_scope(|| self.dest.render(&ctx, &uuid));
         let request = match rendered {
             Ok(r) => r,
-            Err(reason) => return self.dead("render", reason, None, &uuid),
+            Err(reason) => return self.dead(DeadLetterClass::Render, reason, None, &uuid),
         };
         let body_bytes = request.body.as_ref().map_or(0, bytes::Bytes::len);
         loop {
@@ -282,11 +287,11 @@ impl Handler for ForwardHandler {
                     if d.delivered < self.dest.max_attempts {
                         let after = self.dest.retry.delay(d.delivered, retry_after);
                         tracing::info!(alert.uuid = %uuid, destination = %name, ?status, attempt = d.delivered, retry_in = ?after, %reason, "delivery failed; will retry");
-                        self.metrics.retry(STAGE_FORWARD, name);
+                        self.metrics.retry(Stage::Forward, Some(name));
                         return Outcome::Retry { after };
                     }
                     return self.dead(
-                        "exhausted",
+                        DeadLetterClass::Exhausted,
                         format!("gave up after {} attempts: {reason}", d.delivered),
                         status,
                         &uuid,
@@ -300,7 +305,7 @@ impl Handler for ForwardHandler {
                     pass.answered();
                     self.metrics.delivery(name, "rejected_permanently");
                     return self.dead(
-                        "too_large",
+                        DeadLetterClass::TooLarge,
                         format!(
                             "body too large for the destination: it answered 413 to a \
                              {body_bytes}-byte body (a Sekoia intake takes at most 250 KiB \
@@ -315,12 +320,7 @@ impl Handler for ForwardHandler {
                 Attempt::Failed { status, reason, .. } => {
                     pass.answered();
                     self.metrics.delivery(name, "rejected_permanently");
-                    let class = if status.is_some_and(|s| (400..500).contains(&s)) {
-                        "http_4xx"
-                    } else {
-                        "http_other"
-                    };
-                    return self.dead(class, reason, status, &uuid);
+                    return self.dead(DeadLetterClass::of_status(status), reason, status, &uuid);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! - [`destination`]: a compiled destination (templates, client, retry policy), rendering and
 //!   one delivery attempt.
-//! - [`handler`]: one message for one destination as an [`alertsync_jetstream::Outcome`]:
+//! - [`handler`]: one message for one destination as an [`alertsync_worker::Outcome`]:
 //!   already delivered → ack without sending; 2xx → record, then ack; 401/403 → pause the
 //!   destination; 429 → hold until `Retry-After`; 408/5xx (not 501)/transport errors →
 //!   delayed NAK, or hold once the circuit is open; other 4xx (413 explained), render errors
@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alertsync_config::Config;
-use alertsync_jetstream::{
-    Connection, Gate, GatePolicy, GateState, GateStatus, Topology, Worker, WorkerConfig, connect,
-    dead_letter::DeadLetters, subjects::STAGE_FORWARD, topology::ConsumerSpec,
-};
+use alertsync_gate::{Gate, GatePolicy, GateState, GateStatus};
+use alertsync_nats::{Connection, Topology, connect, topology::ConsumerSpec};
+use alertsync_proto::Stage;
 use alertsync_runtime::Health;
+use alertsync_worker::{DeadLetters, Worker, WorkerConfig};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +42,7 @@ pub struct Forwarder {
     health: Health,
     workers: Vec<(Worker, Arc<handler::ForwardHandler>)>,
     metrics: alertsync_telemetry::Metrics,
-    client: alertsync_jetstream::async_nats::Client,
+    client: alertsync_nats::async_nats::Client,
 }
 
 /// Readiness check name of a destination.
@@ -149,10 +149,11 @@ impl Forwarder {
             let records = Arc::new(records::DeliveryRecords::new(store.clone(), &dest.name));
             let dead_letters = DeadLetters::new(
                 js.clone(),
-                subjects.dead_letter(STAGE_FORWARD, Some(&dest.name)),
-                STAGE_FORWARD,
+                subjects.dead_letter(Stage::Forward, Some(&dest.name)),
+                Stage::Forward,
                 Some(&dest.name),
                 cfg.redactor.clone(),
+                metrics.clone(),
             );
             let worker = Worker::new(
                 consumer,
@@ -227,7 +228,7 @@ impl Forwarder {
             let _ = l.await;
         }
         let _ = http.await;
-        alertsync_jetstream::connect::flush_before_exit(&self.client, "forwarder").await;
+        alertsync_nats::connect::flush_before_exit(&self.client, "forwarder").await;
         tracing::info!("forwarder stopped");
         Ok(())
     }
@@ -271,7 +272,7 @@ mod tests {
 
     #[test]
     fn readiness_says_which_state_since_when_and_why() {
-        use alertsync_jetstream::{GateState, GateStatus};
+        use alertsync_gate::{GateState, GateStatus};
         use std::time::{Duration, UNIX_EPOCH};
         let open = GateStatus::default();
         assert_eq!(super::describe_gate(&open), "delivering");

@@ -18,7 +18,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use alertsync_jetstream::async_nats::jetstream::kv;
+use alertsync_nats::async_nats::jetstream::kv;
 
 /// Unrecorded deliveries remembered in memory per destination (about 175 bytes each).
 const RECENT_CAPACITY: usize = 100_000;

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use alertsync_config::Config;
-use alertsync_jetstream::{Connection, Topology, connect};
+use alertsync_nats::{Connection, Topology, connect};
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
@@ -45,7 +45,7 @@ pub struct Ingest {
     listener: TcpListener,
     router: axum::Router,
     health: Health,
-    client: alertsync_jetstream::async_nats::Client,
+    client: alertsync_nats::async_nats::Client,
     sources: Option<SekoiaSources>,
 }
 
@@ -180,7 +180,7 @@ impl Ingest {
         }
         alertsync_runtime::serve(self.listener, self.router, shutdown).await;
         while tasks.join_next().await.is_some() {}
-        alertsync_jetstream::connect::flush_before_exit(&self.client, "ingest").await;
+        alertsync_nats::connect::flush_before_exit(&self.client, "ingest").await;
         tracing::info!("ingest stopped");
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alertsync_http::RetryPolicy;
-use alertsync_jetstream::async_nats::jetstream::kv;
+use alertsync_nats::async_nats::jetstream::kv;
 use alertsync_proto::v1;
 use alertsync_sekoia::{ListError, SekoiaClient, key::KeyState};
 use tokio_util::sync::CancellationToken;

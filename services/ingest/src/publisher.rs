@@ -9,7 +9,7 @@
 //! published", and no record to write after the publish that a crash could cut short.
 //! `Nats-Msg-Id = <alert uuid>` is kept: within the duplicate window it answers the same way.
 
-use alertsync_jetstream::{
+use alertsync_nats::{
     Subjects,
     async_nats::jetstream,
     publish::{PublishError, publish_first},
@@ -109,7 +109,8 @@ impl Publisher {
             && !event.community_uuid.is_empty()
             && !self.communities.contains(&event.community_uuid)
         {
-            self.metrics.filtered("ingest", "", "community");
+            self.metrics
+                .filtered(alertsync_proto::Stage::Ingest, None, "community");
             return Ok(Verdict::OtherCommunity);
         }
         let msg = v1::AlertCreated {
@@ -119,7 +120,7 @@ impl Publisher {
             source: source as i32,
             received_at: Some(time::now()),
         };
-        let mut headers = alertsync_jetstream::async_nats::HeaderMap::new();
+        let mut headers = alertsync_nats::async_nats::HeaderMap::new();
         alertsync_telemetry::propagation::inject_nats(&mut headers);
         // The uuid was validated as a uuid (`AlertEvent`), so it is its subject's own token; the
         // check keeps a future caller from putting every odd uuid on one shared subject, where

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use alertsync_config::Secret;
-use alertsync_jetstream::async_nats;
+use alertsync_nats::async_nats;
 use alertsync_proto::v1;
 use axum::{
     Json, Router,

@@ -1,6 +1,8 @@
 //! Names of subjects, streams and consumers. Everything derives from `nats.prefix`, so several
 //! deployments (and parallel tests) can share one server without seeing each other.
 
+use alertsync_proto::Stage;
+
 /// The names used by one deployment.
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -10,11 +12,6 @@ pub struct Subjects {
 
 /// Subject token used when an alert's community (or uuid) is not known or not a uuid.
 pub const UNKNOWN_TOKEN: &str = "unknown";
-
-/// Stage name of the enricher in dead-letter subjects.
-pub const STAGE_ENRICH: &str = "enrich";
-/// Stage name of the forwarder in dead-letter subjects.
-pub const STAGE_FORWARD: &str = "forward";
 
 impl Subjects {
     /// Names for `prefix` (validated by the config: letters, digits, `_`, `-`).
@@ -48,7 +45,7 @@ impl Subjects {
     }
 
     /// `<prefix>.dlq.<stage>[.<destination>]`.
-    pub fn dead_letter(&self, stage: &str, destination: Option<&str>) -> String {
+    pub fn dead_letter(&self, stage: Stage, destination: Option<&str>) -> String {
         match destination {
             Some(d) => format!("{}.dlq.{stage}.{d}", self.prefix),
             None => format!("{}.dlq.{stage}", self.prefix),
@@ -146,7 +143,7 @@ mod tests {
         );
         assert_eq!(s.enriched(""), "t-1.alerts.enriched.unknown");
         assert_eq!(
-            s.dead_letter("forward", Some("soar")),
+            s.dead_letter(Stage::Forward, Some("soar")),
             "t-1.dlq.forward.soar"
         );
         assert_eq!(s.created_stream(), "T_1_ALERTS_CREATED");

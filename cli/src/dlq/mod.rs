@@ -8,17 +8,18 @@
 //! - `purge [--older-than DUR]`.
 //!
 //! Only `[nats]` of the config is needed (and `[[destinations]]` to render in `show`). The
-//! operations themselves live in [`alertsync_jetstream::dlq`].
+//! operations themselves (reading, replaying, purging the stream) live in [`ops`].
+
+pub mod ops;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use alertsync_config::{Config, Stage};
-use alertsync_jetstream::Subjects;
-use alertsync_jetstream::dlq::{Dlq, Entry};
-use alertsync_jetstream::subjects::{STAGE_ENRICH, STAGE_FORWARD};
+use alertsync_nats::Subjects;
 use alertsync_proto::{Message as _, v1};
 use anyhow::{Context as _, bail};
+use ops::{Dlq, Entry};
 
 /// Arguments of `alertsync dlq`.
 #[derive(clap::Args)]
@@ -82,7 +83,7 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
         bail!("pass --config alertsync.toml (or set ALERTSYNC_CONFIG)");
     };
     let config = load(&path, &[])?;
-    let (_client, js) = alertsync_jetstream::connect(&config.nats, "alertsync-dlq")
+    let (_client, js) = alertsync_nats::connect(&config.nats, "alertsync-dlq")
         .await
         .context("is nats.url right, and is the server up?")?;
     let dlq = Dlq::new(js, Subjects::new(&config.nats.prefix));
@@ -201,6 +202,7 @@ fn show(e: &Entry, config: &Config, full: anyhow::Result<Config>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "sequence:          {}", e.sequence);
     let _ = writeln!(out, "stored:            {}", time_text(e.stored_at));
+    let _ = writeln!(out, "dead-letter subject: {}", e.subject);
     let _ = writeln!(out, "stage:             {}", l.stage);
     if !l.destination.is_empty() {
         let _ = writeln!(out, "destination:       {}", l.destination);
@@ -222,29 +224,31 @@ fn show(e: &Entry, config: &Config, full: anyhow::Result<Config>) -> String {
     );
     let _ = writeln!(out, "payload:           {} bytes", l.original_payload.len());
     out.push('\n');
-    match l.stage.as_str() {
-        STAGE_FORWARD => out.push_str(&forward_request(l, full)),
-        STAGE_ENRICH => match v1::AlertCreated::decode(l.original_payload.as_slice()) {
-            Ok(c) => {
-                let _ = writeln!(
-                    out,
-                    "AlertCreated: alert {} (short id {:?}, community {:?}, source {:?})",
-                    c.alert_uuid,
-                    c.short_id,
-                    c.community_uuid,
-                    c.source()
-                );
-                let _ = writeln!(
-                    out,
-                    "Replay publishes it again for the enricher (Get Alert {}).",
-                    c.alert_uuid
-                );
+    match alertsync_proto::Stage::from_token(&l.stage) {
+        Some(alertsync_proto::Stage::Forward) => out.push_str(&forward_request(l, full)),
+        Some(alertsync_proto::Stage::Enrich) => {
+            match v1::AlertCreated::decode(l.original_payload.as_slice()) {
+                Ok(c) => {
+                    let _ = writeln!(
+                        out,
+                        "AlertCreated: alert {} (short id {:?}, community {:?}, source {:?})",
+                        c.alert_uuid,
+                        c.short_id,
+                        c.community_uuid,
+                        c.source()
+                    );
+                    let _ = writeln!(
+                        out,
+                        "Replay publishes it again for the enricher (Get Alert {}).",
+                        c.alert_uuid
+                    );
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "The payload is not an AlertCreated ({err}).");
+                    let _ = writeln!(out, "{}", preview(&l.original_payload));
+                }
             }
-            Err(err) => {
-                let _ = writeln!(out, "The payload is not an AlertCreated ({err}).");
-                let _ = writeln!(out, "{}", preview(&l.original_payload));
-            }
-        },
+        }
         _ => {}
     }
     out

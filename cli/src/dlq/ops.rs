@@ -22,12 +22,10 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use crate::Subjects;
-use crate::publish::publish_acked;
-use crate::subjects::{STAGE_ENRICH, STAGE_FORWARD};
-
-/// Header naming the DLQ sequence a replayed message came from.
-pub const REPLAY_OF_HEADER: &str = "Alertsync-Replay-Of";
+use alertsync_nats::Subjects;
+use alertsync_nats::publish::publish_acked;
+use alertsync_proto::Stage;
+use alertsync_proto::protocol::REPLAY_OF_HEADER;
 
 /// Why a DLQ operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +141,7 @@ impl Dlq {
     pub async fn list(&self, destination: Option<&str>) -> Result<Vec<Entry>, DlqError> {
         let stream = self.stream().await?;
         let filter = match destination {
-            Some(d) => self.subjects.dead_letter(STAGE_FORWARD, Some(d)),
+            Some(d) => self.subjects.dead_letter(Stage::Forward, Some(d)),
             None => self.subjects.dead_letter_all(),
         };
         // An ephemeral, unacknowledged reader that the server forgets once we are done.
@@ -232,8 +230,8 @@ impl Dlq {
             sequence: entry.sequence,
             reason,
         };
-        match l.stage.as_str() {
-            STAGE_ENRICH => {
+        match Stage::from_token(&l.stage) {
+            Some(Stage::Enrich) => {
                 let created = format!("{}.alerts.created.", self.subjects.prefix());
                 if l.original_subject.starts_with(&created) {
                     Ok(l.original_subject.clone())
@@ -241,7 +239,7 @@ impl Dlq {
                     Ok(self.subjects.created(""))
                 }
             }
-            STAGE_FORWARD => {
+            Some(Stage::Forward) => {
                 let d = &l.destination;
                 let valid = !d.is_empty()
                     && d.len() <= 64
@@ -253,7 +251,7 @@ impl Dlq {
                     Err(not(format!("invalid destination name {d:?}")))
                 }
             }
-            other => Err(not(format!("unknown stage {other:?}"))),
+            _ => Err(not(format!("unknown stage {:?}", l.stage))),
         }
     }
 

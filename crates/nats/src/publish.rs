@@ -4,12 +4,6 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
 
-/// Header the enricher puts on an `EnrichedAlert` that is its alert's only one (see the
-/// enricher's handler for when): on its first delivery the forwarder then knows without asking
-/// that the alert was never delivered, and skips reading its delivery records. Only the
-/// enricher sets it; a DLQ replay republishes with headers of its own, without it.
-pub const FIRST_ENRICHMENT_HEADER: &str = "Alertsync-First-Enrichment";
-
 /// A publish that did not get a positive acknowledgement; the message may not be stored.
 #[derive(Debug, thiserror::Error)]
 #[error("publish to {subject} was not acknowledged: {reason}")]

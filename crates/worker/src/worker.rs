@@ -38,8 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use alertsync_gate::{Gate, Hold, Pull};
+use alertsync_proto::DeadLetterClass;
+
 use crate::dead_letter::DeadLetters;
-use crate::gate::{Gate, Pull};
 
 /// How long one pull request waits for messages: bounds how long shutdown waits for the loop.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -191,7 +193,8 @@ impl Delivery {
 
     /// Whether a DLQ replay republished this message.
     pub fn is_replay(&self) -> bool {
-        self.header(crate::dlq::REPLAY_OF_HEADER).is_some()
+        self.header(alertsync_proto::protocol::REPLAY_OF_HEADER)
+            .is_some()
     }
 
     /// The first value of header `name`, if the message has it.
@@ -208,6 +211,12 @@ impl Delivery {
     }
 }
 
+impl Hold for Delivery {
+    async fn in_progress(&self) {
+        Delivery::in_progress(self).await
+    }
+}
+
 /// What a handler decided about one message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -220,6 +229,8 @@ pub enum Outcome {
     },
     /// Give up: dead-letter with this reason, then acknowledge.
     DeadLetter {
+        /// Why, as a bounded class (the metric's label).
+        class: DeadLetterClass,
         /// Why, for a human (redacted before it is stored).
         reason: String,
         /// Last HTTP status, if any.
@@ -636,11 +647,12 @@ async fn settle(name: &str, d: &Delivery, outcome: Outcome, dead_letters: &DeadL
         Outcome::Ack => d.message.ack().await,
         Outcome::Retry { after } => d.message.ack_with(AckKind::Nak(Some(after))).await,
         Outcome::DeadLetter {
+            class,
             reason,
             last_status,
             alert_uuid,
         } => match dead_letters
-            .publish(d, &reason, last_status, &alert_uuid)
+            .publish(d, class, &reason, last_status, &alert_uuid)
             .await
         {
             Ok(()) => {

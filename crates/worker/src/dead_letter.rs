@@ -5,10 +5,11 @@
 use std::time::SystemTime;
 
 use alertsync_config::Redactor;
-use alertsync_proto::{Message as _, time, v1::DeadLetter};
+use alertsync_nats::publish::{PublishError, publish_acked};
+use alertsync_proto::{DeadLetterClass, Message as _, Stage, time, v1::DeadLetter};
+use alertsync_telemetry::Metrics;
 use async_nats::jetstream;
 
-use crate::publish::{PublishError, publish_acked};
 use crate::worker::Delivery;
 
 /// Publishes dead letters for one stage (and destination).
@@ -16,26 +17,30 @@ use crate::worker::Delivery;
 pub struct DeadLetters {
     js: jetstream::Context,
     subject: String,
-    stage: String,
-    destination: String,
+    stage: Stage,
+    destination: Option<String>,
     redactor: Redactor,
+    metrics: Metrics,
 }
 
 impl DeadLetters {
-    /// A publisher to `subject` for `stage` (and `destination`, for the forwarder).
+    /// A publisher to `subject` for `stage` (and `destination`, for the forwarder), counting
+    /// each stored entry in `metrics`.
     pub fn new(
         js: jetstream::Context,
         subject: String,
-        stage: &str,
+        stage: Stage,
         destination: Option<&str>,
         redactor: Redactor,
+        metrics: Metrics,
     ) -> Self {
         Self {
             js,
             subject,
-            stage: stage.to_string(),
-            destination: destination.unwrap_or_default().to_string(),
+            stage,
+            destination: destination.map(str::to_string),
             redactor,
+            metrics,
         }
     }
 
@@ -44,18 +49,20 @@ impl DeadLetters {
         &self.js
     }
 
-    /// Publishes the entry for `delivery` and waits for JetStream to store it. The reason is
-    /// redacted here, whatever the caller passed.
+    /// Publishes the entry for `delivery` and waits for JetStream to store it, then counts it
+    /// (only then: a failed publish is followed by a redelivery, which would count the same
+    /// message twice). The reason is redacted here, whatever the caller passed.
     pub async fn publish(
         &self,
         delivery: &Delivery,
+        class: DeadLetterClass,
         reason: &str,
         last_status: Option<u16>,
         alert_uuid: &str,
     ) -> Result<(), PublishError> {
         let entry = DeadLetter {
-            stage: self.stage.clone(),
-            destination: self.destination.clone(),
+            stage: self.stage.as_str().to_string(),
+            destination: self.destination.clone().unwrap_or_default(),
             reason: self.redactor.redact(reason),
             last_http_status: last_status.map(u32::from).unwrap_or(0),
             attempts: delivery.delivered,
@@ -70,7 +77,9 @@ impl DeadLetters {
         // stored once.
         let msg_id = format!(
             "dlq:{}:{}:{}",
-            delivery.stream, self.destination, delivery.stream_sequence
+            delivery.stream,
+            self.destination.as_deref().unwrap_or_default(),
+            delivery.stream_sequence
         );
         // Published inside the message's process span: the dead letter joins the alert's trace.
         let mut headers = async_nats::HeaderMap::new();
@@ -82,7 +91,9 @@ impl DeadLetters {
             Some(headers),
             entry.encode_to_vec().into(),
         )
-        .await
-        .map(|_| ())
+        .await?;
+        self.metrics
+            .dead_lettered(self.stage, self.destination.as_deref(), class);
+        Ok(())
     }
 }

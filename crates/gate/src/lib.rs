@@ -7,7 +7,7 @@
 //!   [`GateState::CircuitOpen`];
 //! - rate limited (429) → [`GateState::Throttled`] until the `Retry-After` has passed.
 //!
-//! While the gate is closed the [`crate::Worker`] pulls nothing, so alerts wait in the stream,
+//! While the gate is closed the worker (`alertsync-worker`) pulls nothing, so alerts wait in the stream,
 //! and messages already pulled are *held* by the handler inside [`Gate::turn`] (with progress
 //! acknowledgements, so the server neither redelivers them nor counts an attempt). A paused or
 //! open circuit is probed with growing delays (`probe_base · 2^n`, capped at `probe_max`): one
@@ -24,7 +24,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::worker::Delivery;
+/// What a message held at a closed gate must be able to do: tell the server it is still being
+/// worked on, so that the server neither redelivers it nor counts another attempt. The gate
+/// needs nothing else of a message.
+pub trait Hold: Sync {
+    /// Resets the message's ack timer at the server.
+    fn in_progress(&self) -> impl std::future::Future<Output = ()> + Send;
+}
 
 /// How often a held message tells the server it is still being worked on. Well below any
 /// consumer's ack wait.
@@ -262,7 +268,7 @@ impl Gate {
     /// Waits until this message may make its call: at once while the gate is open; while it
     /// is closed, until it opens or this message becomes the probe. Meanwhile the message is
     /// kept alive on the server (progress acknowledgements).
-    pub async fn turn(&self, d: &Delivery) -> Turn {
+    pub async fn turn(&self, d: &impl Hold) -> Turn {
         let mut counted = false;
         let mut next_progress = Instant::now() + PROGRESS_EVERY;
         let result = loop {

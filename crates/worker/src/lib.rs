@@ -1,0 +1,14 @@
+//! The consuming side of every stage that reads a stream (enricher, forwarder).
+//!
+//! - [`mod@worker`]: the bounded pull loop; a [`Handler`] returns an [`Outcome`] and the outcome
+//!   picks the acknowledgement (ack, delayed NAK, dead-letter then ack).
+//! - [`dead_letter`]: building and publishing `DeadLetter` entries; the dead-letter metric is
+//!   counted once the entry is stored.
+//!
+//! The gate a worker pulls through is `alertsync-gate`; the NATS plumbing is `alertsync-nats`.
+
+pub mod dead_letter;
+pub mod worker;
+
+pub use dead_letter::DeadLetters;
+pub use worker::{Delivery, Handler, Outcome, Worker, WorkerConfig};
