@@ -116,6 +116,9 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         }
     };
     report.redactor = config.redactor.clone();
+    for deprecation in &config.deprecations {
+        println!("warn  config: {deprecation}");
+    }
     report.ok(
         "config",
         &format!(

@@ -64,6 +64,46 @@ pub(crate) fn interpolate(
     Ok(out)
 }
 
+/// Interpolates every string below `value`; `path` names the field in errors. With `report`
+/// false (a section the loaded stages do not read) unset variables are no problem.
+pub(crate) fn expand(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: bool,
+    problems: &mut Vec<String>,
+    secrets: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(s) => match interpolate(s, env) {
+            Ok(r) => {
+                if report {
+                    for var in &r.missing {
+                        problems.push(format!(
+                            "{path}: environment variable {var} is not set (referenced as ${{{var}}})"
+                        ));
+                    }
+                }
+                secrets.extend(r.substituted);
+                *s = r.value;
+            }
+            Err(e) if report => problems.push(format!("{path}: {e}")),
+            Err(_) => {}
+        },
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand(v, &format!("{path}[{i}]"), env, report, problems, secrets);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                expand(v, &format!("{path}.{k}"), env, report, problems, secrets);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn is_var_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
