@@ -39,6 +39,7 @@ pub use enricher::EnricherConfig;
 pub use fields::IN_FLIGHT;
 pub use forwarder::ForwarderConfig;
 pub use ingest::IngestConfig;
+pub use interpolate::{TEMPLATE_VALUES, TemplateValues};
 pub use nats::NatsConfig;
 pub use redact::{REDACTED, Redactor};
 pub use retry::RetryConfig;
@@ -135,6 +136,11 @@ pub struct Config {
     /// log once logging is up. Only for the sections the loaded stages read.
     #[serde(skip)]
     pub deprecations: Vec<String>,
+    /// Values from the environment that the destination templates read as data
+    /// (`{{ env['NAME'] }}`, see [`TemplateValues`]): give them to the template engine as the
+    /// global [`TEMPLATE_VALUES`].
+    #[serde(skip)]
+    pub template_values: TemplateValues,
 }
 
 impl Config {
@@ -168,14 +174,18 @@ impl Config {
         if stages.contains(&Stage::Ingest) && ingest::raw_uses_sekoia(&table) {
             needed.push("sekoia");
         }
-        let mut problems = Vec::new();
-        let mut secrets = Vec::new();
+        let mut expanded = interpolate::Expanded::default();
         for (key, value) in table.iter_mut() {
             // A section the running stages don't use may reference variables that are unset
             // where this stage runs (the ingest pod has no Sekoia key): don't fail on those.
             let report = needed.contains(&key.as_str());
-            interpolate::expand(value, key, env, report, &mut problems, &mut secrets);
+            interpolate::expand(value, key, env, report, &mut expanded);
         }
+        let interpolate::Expanded {
+            mut problems,
+            mut secrets,
+            template_values,
+        } = expanded;
         let mut deprecations = Vec::new();
         enricher::migrate_flat_retry_keys(
             &mut table,
@@ -201,6 +211,7 @@ impl Config {
         secrets.extend(cfg.known_secrets());
         cfg.redactor = Redactor::new(secrets);
         cfg.deprecations = deprecations;
+        cfg.template_values = template_values;
         Ok(cfg)
     }
 
