@@ -116,6 +116,9 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
         }
     };
     report.redactor = config.redactor.clone();
+    for deprecation in &config.deprecations {
+        println!("warn  config: {deprecation}");
+    }
     report.ok(
         "config",
         &format!(
@@ -162,7 +165,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
 
 /// Compiles each destination on its own, so every broken template is reported at once.
 fn check_templates(config: &Config, report: &mut Report) {
-    let engine = alertsync_template::Engine::new();
+    let engine = alertsync_forwarder::template_engine(config);
     for d in &config.destinations {
         let check = format!("template {}", d.name);
         match alertsync_forwarder::Destination::new(d, &engine, config.redactor.clone()) {

@@ -68,7 +68,7 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
             names.join(", ")
         );
     };
-    let engine = alertsync_template::Engine::new();
+    let engine = alertsync_forwarder::template_engine(&config);
     let destination =
         alertsync_forwarder::Destination::new(dcfg, &engine, config.redactor.clone())?;
 

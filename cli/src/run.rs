@@ -58,6 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _telemetry = alertsync_runtime::init_logging("alertsync");
     let stages: Vec<Stage> = args.stages.iter().map(|s| (*s).into()).collect();
     let config = Config::load(&args.config, &stages)?;
+    alertsync_runtime::log_deprecations(&config);
     let shutdown = CancellationToken::new();
     alertsync_runtime::shutdown_on_signal(shutdown.clone());
     run_stages(&config, &stages, shutdown).await

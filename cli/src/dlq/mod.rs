@@ -278,7 +278,7 @@ fn forward_request(l: &v1::DeadLetter, full: anyhow::Result<Config>) -> String {
             l.destination
         );
     };
-    let engine = alertsync_template::Engine::new();
+    let engine = alertsync_forwarder::template_engine(&config);
     let dest = match alertsync_forwarder::Destination::new(dcfg, &engine, config.redactor.clone()) {
         Ok(d) => d,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! [`Redactor`]: scrubs every known secret out of text before it reaches a log, an error
 //! message or a dead-letter entry.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// What replaces a secret.
@@ -23,11 +24,19 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// Builds a redactor from secret values (short and duplicate values are dropped).
+    /// Builds a redactor from secret values (short and duplicate values are dropped). Each
+    /// secret is also known as it reads escaped in a JSON string, once and twice (a rendered
+    /// body, JSON embedded in a string of one), so a secret holding a quote, a backslash or a
+    /// line break is scrubbed from those too.
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut v: Vec<String> = secrets
             .into_iter()
             .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .flat_map(|s| {
+                let once = json_escaped(&s);
+                let twice = json_escaped(&once);
+                [s, once, twice]
+            })
             .collect();
         // Longest first, so a secret that contains another is replaced whole.
         v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
@@ -59,6 +68,27 @@ impl Redactor {
     }
 }
 
+/// `s` as the content of a JSON string, escaped as serde_json writes it.
+fn json_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +101,17 @@ mod tests {
             "a [REDACTED] b [REDACTED]"
         );
         assert!(!r.leaks(&r.redact("token-123456")));
+    }
+
+    #[test]
+    fn scrubs_a_secret_written_escaped_in_json() {
+        let secret = "to\"ken\\1\n";
+        let r = Redactor::new([secret.to_string()]);
+        let once = serde_json::to_string(secret).unwrap();
+        let twice = serde_json::to_string(&once).unwrap();
+        assert_eq!(r.redact(&once), "\"[REDACTED]\"");
+        assert_eq!(r.redact(&twice), "\"\\\"[REDACTED]\\\"\"");
+        assert_eq!(json_escaped("\u{1}"), "\\u0001");
     }
 
     #[test]

@@ -217,6 +217,14 @@ pub fn build_runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::ru
     }
 }
 
+/// Logs each deprecated spelling `config` uses, once, naming the new one. The config is read
+/// before logging could report anything from inside it, so it lists them instead.
+pub fn log_deprecations(config: &alertsync_config::Config) {
+    for deprecation in &config.deprecations {
+        tracing::warn!("{deprecation}");
+    }
+}
+
 /// Command line of every service binary.
 #[derive(Debug, clap::Parser)]
 struct ServiceArgs {
@@ -252,6 +260,7 @@ where
             return std::process::ExitCode::from(2);
         }
     };
+    log_deprecations(&config);
     let runtime = match build_runtime(Some(args.worker_threads)) {
         Ok(r) => r,
         Err(e) => {

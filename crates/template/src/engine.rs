@@ -59,6 +59,18 @@ impl Engine {
         Engine { env, fuel }
     }
 
+    /// This engine, with `values` readable by every template it compiles as
+    /// `{{ name['KEY'] }}`. For values that must stay data, never template source: the
+    /// config's `${VAR}` values in destination templates (`alertsync_config::TemplateValues`).
+    pub fn with_values(
+        mut self,
+        name: &'static str,
+        values: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.env.add_global(name, Value::from(values));
+        self
+    }
+
     /// Compiles a body template.
     ///
     /// The text must be a valid Jinja template. If it is also valid JSON, it is rendered

@@ -59,9 +59,9 @@ impl EnrichHandler {
     /// A handler; `stop` releases held messages on shutdown.
     pub fn new(parts: Parts, cfg: EnricherConfig, stop: CancellationToken) -> Self {
         let retry = RetryPolicy {
-            base: cfg.retry_base_delay.get(),
-            max: cfg.retry_max_delay.get(),
-            max_retry_after: cfg.retry_max_delay.get(),
+            base: cfg.retry.base_delay.get(),
+            max: cfg.retry.max_delay.get(),
+            max_retry_after: cfg.retry.max_retry_after.get(),
         };
         Self {
             parts,
@@ -311,7 +311,7 @@ impl Handler for EnrichHandler {
                         // The circuit is open: hold the alert until a probe gets an answer.
                         continue;
                     }
-                    if d.delivered >= self.cfg.max_attempts {
+                    if d.delivered >= self.cfg.retry.max_attempts {
                         return self.dead(
                             format!("gave up after {} attempts: {reason}", d.delivered),
                             status,

@@ -106,20 +106,15 @@ impl Enricher {
     /// Connects to NATS, ensures the topology and the `enricher` consumer, binds
     /// `enricher.listen`, and starts checking the Sekoia key.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
-        cfg.sekoia
-            .as_ref()
-            .context("the [sekoia] section is missing")?;
+        cfg.enricher_settings()?;
         Self::build_on(cfg, connect(&cfg.nats, "alertsync-enricher").await?).await
     }
 
     /// [`Enricher::build`] on an existing NATS connection (shared by the stages of one
     /// process).
     pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<Self> {
-        let sekoia_cfg = cfg
-            .sekoia
-            .as_ref()
-            .context("the [sekoia] section is missing")?;
-        let e = &cfg.enricher;
+        let settings = cfg.enricher_settings()?;
+        let (sekoia_cfg, e) = (settings.sekoia, settings.enricher);
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let created_since = Arc::new(AtomicU64::new(0));

@@ -79,9 +79,18 @@ pub fn describe_gate(status: &GateStatus) -> String {
     )
 }
 
+/// The template engine for the destinations of `cfg`: their templates read the `${VAR}`
+/// values of the config as data (`alertsync_config::TemplateValues`).
+pub fn template_engine(cfg: &Config) -> alertsync_template::Engine {
+    alertsync_template::Engine::new().with_values(
+        alertsync_config::TEMPLATE_VALUES,
+        cfg.template_values.to_map(),
+    )
+}
+
 /// Compiles every destination of `cfg` (template errors name the destination and field).
 pub fn compile_destinations(cfg: &Config) -> anyhow::Result<Vec<Destination>> {
-    let engine = alertsync_template::Engine::new();
+    let engine = template_engine(cfg);
     cfg.destinations
         .iter()
         .map(|d| Destination::new(d, &engine, cfg.redactor.clone()).map_err(Into::into))

@@ -53,41 +53,32 @@ impl Ingest {
     /// Connects to NATS, ensures the streams and buckets, binds `ingest.listen`, and prepares
     /// the live socket and the poller when they are on.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
-        cfg.ingest
-            .as_ref()
-            .context("the [ingest] section is missing")?;
+        cfg.ingest_settings()?;
         Self::build_on(cfg, connect(&cfg.nats, "alertsync-ingest").await?).await
     }
 
     /// [`Ingest::build`] on an existing NATS connection (shared by the stages of one process).
     pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<Self> {
-        let ingest = cfg
-            .ingest
-            .as_ref()
-            .context("the [ingest] section is missing")?;
+        let settings = cfg.ingest_settings()?;
+        let ingest = settings.ingest;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let health = Health::with_nats(client.clone());
         health.set("topology", true, "streams and buckets ensured");
         let metrics = Metrics::new();
-        let communities = cfg
-            .sekoia
-            .as_ref()
-            .map(|s| {
-                s.communities
-                    .iter()
-                    .map(|c| c.to_ascii_lowercase())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let communities = settings
+            .communities
+            .iter()
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
         let publisher = Arc::new(publisher::Publisher::new(
             js.clone(),
             topology.subjects().clone(),
             communities,
             metrics.clone(),
         ));
-        let sources = match &cfg.sekoia {
-            Some(sekoia_cfg) if ingest.uses_sekoia() => {
+        let sources = match settings.sekoia {
+            Some(sekoia_cfg) => {
                 let client = SekoiaClient::new(sekoia_cfg)?;
                 let key = KeyState::new(health.clone());
                 let live = ingest.live.then(|| live::LiveSource {
@@ -128,7 +119,7 @@ impl Ingest {
                     poller,
                 })
             }
-            _ => None,
+            None => None,
         };
         let listener = TcpListener::bind(ingest.listen)
             .await

@@ -1,0 +1,173 @@
+//! `[[destinations]]`: the external tools alerts are delivered to, each with its request
+//! templates, its [`RetryConfig`] and its [`DestinationFilter`].
+
+mod filter;
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::duration::seconds;
+use crate::fields::{in_flight, is_name, yes};
+use crate::{HumanDuration, RetryConfig};
+
+pub use filter::DestinationFilter;
+
+/// HTTP method of a destination, as Sekoia's Request URL action names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// GET
+    Get,
+    /// POST (the default)
+    #[default]
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+}
+
+impl Method {
+    /// The upper-case method name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// `[[destinations]]`: one external tool.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Name (letters, digits, `_`, `-`): used in subjects, consumer names, metrics and logs.
+    pub name: String,
+    /// URL to call. Never logged: it may hold a token.
+    pub url: url::Url,
+    /// HTTP method (`get`, `post`, `put`, `patch`, `delete`). Default `post`.
+    #[serde(default)]
+    pub method: Method,
+    /// Request headers; values may be templates. Values are treated as secrets in logs.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body template in Sekoia's syntax (`node.0` = trigger output, `node.1` = the alert).
+    /// When the text is itself JSON, each string is rendered on its own and JSON-escaped.
+    pub json: Option<String>,
+    /// Query parameters; values may be templates.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Timeout of one request. Default 30s.
+    #[serde(default = "seconds::<30>")]
+    pub timeout: HumanDuration,
+    /// Verify the server's TLS certificate. Default true.
+    #[serde(default = "yes")]
+    pub verify_tls: bool,
+    /// Requests in flight to this destination from one replica (default
+    /// [`IN_FLIGHT`](crate::IN_FLIGHT)).
+    #[serde(default = "in_flight")]
+    pub concurrency: usize,
+    /// Largest body sent; a larger rendered body is dead-lettered (Sekoia intake: 250000).
+    pub max_body_bytes: Option<usize>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Which alerts this destination gets (all when empty).
+    #[serde(default)]
+    pub filter: DestinationFilter,
+}
+
+impl std::fmt::Debug for DestinationConfig {
+    // Header values, the URL (path and query may hold a token) and the body template (it may
+    // hold an interpolated intake key) are secrets: print only their shape.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationConfig")
+            .field("name", &self.name)
+            .field("url_host", &self.url.host_str())
+            .field("method", &self.method)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("json_bytes", &self.json.as_ref().map(String::len))
+            .field("params", &self.params.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("verify_tls", &self.verify_tls)
+            .field("concurrency", &self.concurrency)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("retry", &self.retry)
+            .field("filter", &self.filter)
+            .finish()
+    }
+}
+
+impl DestinationConfig {
+    /// The values of credential headers (and the token after `Bearer `), for the redactor.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, value) in &self.headers {
+            if is_credential_header(name) {
+                out.push(value.clone());
+                // "Bearer abc…": the token alone may show up elsewhere.
+                if let Some((_, tok)) = value.split_once(' ') {
+                    out.push(tok.to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Header names whose values are credentials, whatever their source.
+pub fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "x-api-key"
+    ) || n.contains("token")
+        || n.contains("secret")
+        || n.contains("key")
+        || n.contains("auth")
+}
+
+/// Checks the whole list: at least one entry, unique names, and each entry's fields.
+pub(crate) fn check(destinations: &[DestinationConfig], problems: &mut Vec<String>) {
+    if destinations.is_empty() {
+        problems.push("destinations: at least one [[destinations]] entry is required".into());
+    }
+    let mut seen = HashSet::new();
+    for (i, d) in destinations.iter().enumerate() {
+        let at = format!("destinations[{i}] ({})", d.name);
+        if !is_name(&d.name) {
+            problems.push(format!(
+                "{at}.name: must be letters, digits, `_` or `-` (it names a subject)"
+            ));
+        }
+        if !seen.insert(d.name.as_str()) {
+            problems.push(format!("{at}.name: duplicate destination name"));
+        }
+        if !matches!(d.url.scheme(), "http" | "https") {
+            problems.push(format!("{at}.url: must be an http(s) URL"));
+        }
+        if d.concurrency == 0 {
+            problems.push(format!("{at}.concurrency: must be at least 1"));
+        }
+        if d.timeout.get().is_zero() {
+            problems.push(format!("{at}.timeout: must be more than 0"));
+        }
+        d.retry.check(&format!("{at}.retry"), problems);
+        d.filter.check(&at, problems);
+        for name in d.headers.keys() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+            {
+                problems.push(format!("{at}.headers: {name:?} is not a valid header name"));
+            }
+        }
+    }
+}
