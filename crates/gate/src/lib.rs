@@ -17,6 +17,23 @@
 //! when the wait is over.
 //!
 //! On shutdown [`Gate::release`] lets every held message go back to the server.
+//!
+//! A few bad messages must not hold a whole stage: an upstream that fails only some alerts
+//! (Sekoia answering 500 for one alert, a destination rejecting one alert's content with 500)
+//! looks like an outage to a plain circuit breaker, whose probe is then always the same bad
+//! alert. So:
+//! - the circuit opens after `circuit_failures` failures in a row **of distinct alerts** (one
+//!   alert failing again does not count twice);
+//! - while the gate is closed, held messages that already failed ("suspects") probe only when
+//!   no fresh message can: first a held message that has not failed, then one pulled from the
+//!   stream ([`Pull::One`]); a suspect probes only if neither came within [`SUSPECT_GRACE`]
+//!   of the probe being due;
+//! - an alert that fails again after the gate saw a success since its first failure fails on
+//!   its own account ([`Gate::mark_poison`]): it burns its attempts like any transient failure,
+//!   and its failures no longer count toward the circuit ([`Pass::failed`]).
+//!
+//! An upstream down for everyone still holds every alert without burning attempts: with no
+//! success anywhere, no failure is an alert's own.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -35,6 +52,14 @@ pub trait Hold: Sync {
 /// How often a held message tells the server it is still being worked on. Well below any
 /// consumer's ack wait.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How long after a probe is due a suspect (a held message that failed) waits for a fresh
+/// message to take the probe first: longer than the worker needs to pull one.
+pub const SUSPECT_GRACE: Duration = Duration::from_secs(3);
+
+/// Alerts remembered as failing on their own account ([`Gate::mark_poison`]); the oldest is
+/// forgotten first. Bounded so that a flood of bad alerts cannot grow memory.
+const POISON_REMEMBERED: usize = 4096;
 
 /// Whether calls go through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,8 +121,11 @@ pub struct GatePolicy {
     pub probe_base: Duration,
     /// Largest wait between probes.
     pub probe_max: Duration,
-    /// Transient failures in a row that open the circuit.
+    /// Transient failures in a row, of distinct alerts, that open the circuit.
     pub circuit_failures: u32,
+    /// When set, a paused gate (credentials rejected) probes at this fixed interval instead of
+    /// the growing probe delays: the enricher's `sekoia.rejected_key_retry`.
+    pub paused_probe_every: Option<Duration>,
 }
 
 impl GatePolicy {
@@ -119,10 +147,17 @@ struct State {
     last_status: Option<u16>,
     next_try: Option<Instant>,
     failed_probes: u32,
-    failures_in_a_row: u32,
+    /// The distinct alerts that failed since the last success.
+    streak: std::collections::HashSet<String>,
     probing: bool,
     waiters: usize,
+    /// Held messages that have not failed yet: they probe before any suspect.
+    fresh_waiters: usize,
     released: bool,
+    /// Calls answered (2xx, or an answer that is the alert's, not the service's) since start.
+    successes: u64,
+    /// Alerts that failed on their own account, oldest first ([`POISON_REMEMBERED`]).
+    poison: std::collections::VecDeque<String>,
 }
 
 impl State {
@@ -254,10 +289,13 @@ impl Gate {
     fn reopen_if_due(&self, s: &mut State, now: Instant) -> bool {
         if s.state == GateState::Throttled && s.next_try.is_none_or(|t| now >= t) {
             tracing::info!(destination = %self.inner.name, "rate limit wait over; resuming");
-            // Open again, as new, but the waiters and a release still stand.
+            // Open again, as new, but the waiters, a release and what was learnt still stand.
             *s = State {
                 waiters: s.waiters,
+                fresh_waiters: s.fresh_waiters,
                 released: s.released,
+                successes: s.successes,
+                poison: std::mem::take(&mut s.poison),
                 ..State::default()
             };
             return true;
@@ -267,8 +305,9 @@ impl Gate {
 
     /// Waits until this message may make its call: at once while the gate is open; while it
     /// is closed, until it opens or this message becomes the probe. Meanwhile the message is
-    /// kept alive on the server (progress acknowledgements).
-    pub async fn turn(&self, d: &impl Hold) -> Turn {
+    /// kept alive on the server (progress acknowledgements). A `suspect` (a message that
+    /// already failed) probes only when no fresh message can (see the crate docs).
+    pub async fn turn(&self, d: &impl Hold, suspect: bool) -> Turn {
         let mut counted = false;
         let mut next_progress = Instant::now() + PROGRESS_EVERY;
         let result = loop {
@@ -296,15 +335,39 @@ impl Gate {
                     GateState::Throttled => (s.next_try, reopened),
                     GateState::Paused | GateState::CircuitOpen => {
                         let due = s.next_try.is_none_or(|t| now >= t);
-                        if due && !s.probing {
+                        let fresh_first = suspect && s.fresh_waiters > 0;
+                        let grace_over = s.next_try.is_none_or(|t| now >= t + SUSPECT_GRACE);
+                        let mine = !suspect || (!fresh_first && grace_over);
+                        if due && !s.probing && mine {
                             s.probing = true;
+                            if counted {
+                                s.waiters -= 1;
+                                if !suspect {
+                                    s.fresh_waiters -= 1;
+                                }
+                                counted = false;
+                            }
+                            drop(s);
+                            // Others waiting for the counts (the worker's pull) look again.
+                            self.inner.changed.notify_waiters();
                             break Turn::Go(self.pass(true));
                         }
                         if !counted {
                             s.waiters += 1;
+                            if !suspect {
+                                s.fresh_waiters += 1;
+                            }
                             counted = true;
+                            drop(s);
+                            self.inner.changed.notify_waiters();
+                            continue;
                         }
-                        (if s.probing { None } else { s.next_try }, reopened)
+                        let wake = match s.next_try {
+                            _ if s.probing => None,
+                            Some(t) if suspect && due => Some(t + SUSPECT_GRACE),
+                            other => other,
+                        };
+                        (wake, reopened)
                     }
                 }
             };
@@ -322,9 +385,49 @@ impl Gate {
             }
         };
         if counted {
-            self.lock().waiters -= 1;
+            let mut s = self.lock();
+            s.waiters -= 1;
+            if !suspect {
+                s.fresh_waiters -= 1;
+            }
         }
         result
+    }
+
+    /// Calls answered so far (see [`Gate::mark_poison`]).
+    pub fn successes(&self) -> u64 {
+        self.lock().successes
+    }
+
+    /// Remembers `key` (an alert) as failing on its own account: its failures no longer count
+    /// toward the circuit.
+    pub fn mark_poison(&self, key: &str) {
+        let mut s = self.lock();
+        if s.poison.iter().any(|k| k == key) {
+            return;
+        }
+        if s.poison.len() >= POISON_REMEMBERED {
+            s.poison.pop_front();
+        }
+        s.poison.push_back(key.to_string());
+        drop(s);
+        tracing::info!(destination = %self.inner.name, alert.uuid = %key, "this alert fails where others succeed: its failures no longer count toward the circuit");
+    }
+
+    /// Whether `key` was marked with [`Gate::mark_poison`].
+    pub fn is_poison(&self, key: &str) -> bool {
+        self.lock().poison.iter().any(|k| k == key)
+    }
+
+    /// Makes a paused gate or open circuit due for a probe now (something outside the calls,
+    /// such as the enricher's key check, saw the service work again).
+    pub fn probe_now(&self) {
+        let mut s = self.lock();
+        if matches!(s.state, GateState::Paused | GateState::CircuitOpen) {
+            s.next_try = Some(Instant::now());
+            drop(s);
+            self.inner.changed.notify_waiters();
+        }
     }
 
     fn pass(&self, probe: bool) -> Pass {
@@ -359,8 +462,9 @@ impl Gate {
                     GateState::Throttled => (s.next_try, reopened),
                     GateState::Paused | GateState::CircuitOpen => {
                         let due = s.next_try.is_none_or(|t| now >= t);
-                        // Held messages probe themselves; pull one only when none waits.
-                        if due && !s.probing && s.waiters == 0 {
+                        // Held messages that have not failed probe themselves; pull one only when
+                        // none of them waits (suspects wait for the pulled one first).
+                        if due && !s.probing && s.fresh_waiters == 0 {
                             return Pull::One;
                         }
                         (if due { None } else { s.next_try }, reopened)
@@ -394,21 +498,25 @@ impl Gate {
         if probe {
             s.probing = false;
         }
+        let delay = |failed: u32| match (state, policy.paused_probe_every) {
+            (GateState::Paused, Some(every)) => every,
+            _ => policy.probe_delay(failed),
+        };
         if was == GateState::Open {
             s.since = Some(SystemTime::now());
             s.failed_probes = 0;
-            s.next_try = Some(now + policy.probe_delay(0));
+            s.next_try = Some(now + delay(0));
         } else if probe {
             s.failed_probes += 1;
-            s.next_try = Some(now + policy.probe_delay(s.failed_probes));
+            s.next_try = Some(now + delay(s.failed_probes));
         } else if was == GateState::Throttled {
             // A throttled gate had only a reopening time; now it needs probing.
-            s.next_try = Some(now + policy.probe_delay(0));
+            s.next_try = Some(now + delay(0));
         }
         s.state = state;
         s.reason = reason.to_string();
         s.last_status = status;
-        s.failures_in_a_row = 0;
+        s.streak.clear();
         let next = s.next_try.map(|t| t.saturating_duration_since(now));
         let failed_probes = s.failed_probes;
         drop(s);
@@ -450,7 +558,8 @@ impl Pass {
         self.reported = true;
         let gate = self.gate.clone();
         let mut s = gate.lock();
-        s.failures_in_a_row = 0;
+        s.streak.clear();
+        s.successes += 1;
         if !self.probe {
             return;
         }
@@ -479,13 +588,23 @@ impl Pass {
             .close(self.probe, GateState::Paused, Some(status), reason);
     }
 
-    /// A transient failure (5xx, timeout, connection error). Returns true when the gate is
-    /// (now) closed: the caller holds the message instead of retrying it, so it burns no
-    /// attempt while the circuit is open.
-    pub fn failed(mut self, status: Option<u16>, reason: &str) -> bool {
+    /// A transient failure (5xx, timeout, connection error) of the call for alert `key`.
+    /// Returns true when the gate is (now) closed: the caller holds the message instead of
+    /// retrying it, so it burns no attempt while the circuit is open. An alert marked poison
+    /// ([`Gate::mark_poison`]) fails on its own account: its failure changes nothing here and
+    /// the caller retries it (false).
+    pub fn failed(mut self, key: &str, status: Option<u16>, reason: &str) -> bool {
         self.reported = true;
         let gate = self.gate.clone();
         let mut s = gate.lock();
+        if s.poison.iter().any(|k| k == key) {
+            if self.probe {
+                s.probing = false;
+                drop(s);
+                gate.inner.changed.notify_waiters();
+            }
+            return false;
+        }
         if self.probe {
             drop(s);
             gate.close(true, GateState::CircuitOpen, status, reason);
@@ -494,8 +613,8 @@ impl Pass {
         if s.state != GateState::Open {
             return true;
         }
-        s.failures_in_a_row += 1;
-        if s.failures_in_a_row >= gate.inner.policy.circuit_failures.max(1) {
+        s.streak.insert(key.to_string());
+        if s.streak.len() >= gate.inner.policy.circuit_failures.max(1) as usize {
             drop(s);
             gate.close(false, GateState::CircuitOpen, status, reason);
             return true;
@@ -558,7 +677,80 @@ mod tests {
             probe_base: Duration::from_secs(1),
             probe_max: Duration::from_secs(8),
             circuit_failures: 3,
+            paused_probe_every: None,
         }
+    }
+
+    /// A message that only needs to be kept alive.
+    struct Held;
+
+    impl Hold for Held {
+        async fn in_progress(&self) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_alert_failing_again_and_again_does_not_open_the_circuit() {
+        let g = Gate::new("soar", policy());
+        for _ in 0..10 {
+            assert!(!g.pass(false).failed("bad", Some(500), "500"));
+        }
+        assert!(g.is_open());
+        assert!(!g.pass(false).failed("a", Some(500), "500"));
+        assert!(g.pass(false).failed("b", Some(500), "500"), "three distinct alerts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn suspects_let_a_fresh_message_probe_first_and_poison_failures_do_not_count() {
+        let g = Gate::new("soar", policy());
+        let stop = tokio_util::sync::CancellationToken::new();
+        for k in ["p1", "p2", "p3"] {
+            g.pass(false).failed(k, Some(500), "500");
+        }
+        assert_eq!(g.status().state, GateState::CircuitOpen);
+        // A suspect is held while the worker may pull a fresh message to probe.
+        let suspect = {
+            let g = g.clone();
+            tokio::spawn(async move {
+                match g.turn(&Held, true).await {
+                    Turn::Go(pass) => pass.is_probe(),
+                    Turn::Released => false,
+                }
+            })
+        };
+        let t0 = Instant::now();
+        assert_eq!(g.wait_pull(&stop).await, Pull::One, "a fresh one is pulled");
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        // The fresh message probes at once and succeeds: the gate opens.
+        match g.turn(&Held, false).await {
+            Turn::Go(pass) => {
+                assert!(pass.is_probe());
+                pass.delivered();
+            }
+            Turn::Released => panic!("released"),
+        }
+        assert!(g.is_open());
+        assert!(!suspect.await.unwrap(), "the suspect goes through the open gate");
+        // Marked poison, the same alert no longer closes anything.
+        g.mark_poison("p1");
+        assert!(g.is_poison("p1"));
+        for _ in 0..5 {
+            assert!(!g.pass(false).failed("p1", Some(500), "500"));
+        }
+        assert!(g.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_fresh_message_a_suspect_probes_after_the_grace() {
+        let g = Gate::new("soar", policy());
+        for k in ["p1", "p2", "p3"] {
+            g.pass(false).failed(k, Some(500), "500");
+        }
+        let t0 = Instant::now();
+        match g.turn(&Held, true).await {
+            Turn::Go(pass) => assert!(pass.is_probe()),
+            Turn::Released => panic!("released"),
+        }
+        assert_eq!(t0.elapsed(), Duration::from_secs(1) + SUSPECT_GRACE);
     }
 
     #[test]
@@ -573,12 +765,12 @@ mod tests {
     async fn transient_failures_in_a_row_open_the_circuit_and_a_success_resets_the_count() {
         let g = Gate::new("soar", policy());
         let stop = tokio_util::sync::CancellationToken::new();
-        assert!(!g.pass(false).failed(Some(503), "503"));
-        assert!(!g.pass(false).failed(Some(503), "503"));
+        assert!(!g.pass(false).failed("a1", Some(503), "503"));
+        assert!(!g.pass(false).failed("a2", Some(503), "503"));
         g.pass(false).delivered();
-        assert!(!g.pass(false).failed(Some(503), "503"));
-        assert!(!g.pass(false).failed(Some(503), "503"));
-        assert!(g.pass(false).failed(Some(503), "503"), "third in a row");
+        assert!(!g.pass(false).failed("a3", Some(503), "503"));
+        assert!(!g.pass(false).failed("a4", Some(503), "503"));
+        assert!(g.pass(false).failed("a5", Some(503), "503"), "third in a row");
         let st = g.status();
         assert_eq!(st.state, GateState::CircuitOpen);
         assert!(st.since.is_some());

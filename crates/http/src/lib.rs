@@ -7,6 +7,12 @@
 //! - [`retry_after`]: reads `Retry-After` (seconds or an HTTP date).
 //! - [`RetryPolicy`]: the delay before attempt `n + 1`, a pure function of `n` so every replica
 //!   computes the same one for a JetStream redelivery.
+//! - [`CallOutcome`]: what one outside call came to; [`CallOutcome::of_status`] is the one
+//!   mapping from an HTTP status to what the call path does about it.
+
+pub mod outcome;
+
+pub use outcome::CallOutcome;
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
