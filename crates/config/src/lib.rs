@@ -189,6 +189,20 @@ pub struct IngestConfig {
     /// How far back the poller looks on its very first run.
     #[serde(default = "one_hour")]
     pub poll_lookback: Duration,
+    /// Time for a request head to arrive on the listener, from its first byte; also how long
+    /// a new connection may stay silent.
+    #[serde(default = "ten_seconds")]
+    pub webhook_header_timeout: Duration,
+    /// Time for a request body to arrive, from the end of its head.
+    #[serde(default = "thirty_seconds")]
+    pub webhook_body_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next request.
+    #[serde(default = "one_minute")]
+    pub webhook_idle_timeout: Duration,
+    /// Connections served at once; more are answered 503. Keep it below the file-descriptor
+    /// limit.
+    #[serde(default = "listener_connections")]
+    pub webhook_max_connections: usize,
     /// Removed: an alert uuid is remembered as published for as long as the created stream
     /// keeps the alert (`nats.stream_max_age`). Accepted only to name it in a startup error.
     #[serde(default)]
@@ -623,6 +637,19 @@ impl Config {
                                     .into(),
                             );
                         }
+                        for (key, d) in [
+                            ("webhook_header_timeout", i.webhook_header_timeout),
+                            ("webhook_body_timeout", i.webhook_body_timeout),
+                            ("webhook_idle_timeout", i.webhook_idle_timeout),
+                        ] {
+                            if d.get().is_zero() {
+                                problems.push(format!("ingest.{key}: must be more than 0"));
+                            }
+                        }
+                        if i.webhook_max_connections == 0 {
+                            problems
+                                .push("ingest.webhook_max_connections: must be at least 1".into());
+                        }
                         if i.live_idle_timeout.get() < std::time::Duration::from_secs(25) {
                             problems.push(
                                 "ingest.live_idle_timeout: must be at least 25s (pings go every 20s)"
@@ -901,6 +928,9 @@ pub const IN_FLIGHT: usize = 64;
 
 fn in_flight() -> usize {
     IN_FLIGHT
+}
+fn listener_connections() -> usize {
+    1024
 }
 fn ninety_seconds() -> Duration {
     Duration::secs(90)

@@ -44,6 +44,7 @@ struct SekoiaSources {
 pub struct Ingest {
     listener: TcpListener,
     router: axum::Router,
+    limits: alertsync_runtime::ListenerLimits,
     health: Health,
     client: alertsync_jetstream::async_nats::Client,
     sources: Option<SekoiaSources>,
@@ -144,6 +145,7 @@ impl Ingest {
         Ok(Self {
             listener,
             router,
+            limits: webhook::listener_limits(ingest),
             health,
             client,
             sources,
@@ -178,7 +180,8 @@ impl Ingest {
                 tasks.spawn(poller.run(shutdown.clone()));
             }
         }
-        alertsync_runtime::serve(self.listener, self.router, shutdown).await;
+        alertsync_runtime::serve_with_limits(self.listener, self.router, self.limits, shutdown)
+            .await;
         while tasks.join_next().await.is_some() {}
         alertsync_jetstream::connect::flush_before_exit(&self.client, "ingest").await;
         tracing::info!("ingest stopped");
