@@ -7,6 +7,10 @@
 //! - [`retry_after`]: reads `Retry-After` (seconds or an HTTP date).
 //! - [`RetryPolicy`]: the delay before attempt `n + 1`, a pure function of `n` so every replica
 //!   computes the same one for a JetStream redelivery.
+//! - [`body`]: bounded body reads ([`body::read_capped`]), redacted excerpts of error bodies
+//!   ([`body::excerpt`]: redact, then cut) and [`body::drain`].
+
+pub mod body;
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
