@@ -180,21 +180,21 @@ async fn fetch_alert(config: &Config, uuid: &str) -> anyhow::Result<serde_json::
     let client = SekoiaClient::new(sekoia_cfg)?;
     let redact = |s: String| config.redactor.redact(&s);
     match client.get_alert::<serde_json::Value>(uuid).await {
-        GetAlert::Found(_, alert) => Ok(alert),
-        GetAlert::NotFound => bail!(
+        GetAlert::Done((_, alert)) => Ok(alert),
+        GetAlert::NotYet { .. } => bail!(
             "Sekoia has no alert {uuid} (404): check the uuid, and that the API key's community \
              can see the alert"
         ),
-        GetAlert::KeyRejected(status) => bail!(
+        GetAlert::CredentialsRejected { status, .. } => bail!(
             "Sekoia rejected the API key ({status}): set sekoia.api_key to a key with the \
              \"View alerts\" permission"
         ),
-        GetAlert::Transient { reason, .. } => bail!(
+        GetAlert::Transient { reason, .. } | GetAlert::Throttled { reason, .. } => bail!(
             "cannot fetch the alert from Sekoia: {}; check sekoia.base_url and the network, \
              then try again",
             redact(reason)
         ),
-        GetAlert::Permanent { reason, .. } => {
+        GetAlert::Permanent { reason, .. } | GetAlert::TooLarge { reason, .. } => {
             bail!("Sekoia refused Get Alert: {}", redact(reason))
         }
     }

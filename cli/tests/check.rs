@@ -161,6 +161,23 @@ async fn a_template_that_does_not_compile_is_named_with_its_destination_and_fiel
 }
 
 #[tokio::test]
+async fn a_template_with_an_unknown_filter_is_refused_naming_its_destination_and_the_filter() {
+    let world = World::start().await;
+    let text = world.config().replace(
+        "\"This is a description\"",
+        "\"{{ node.1['title']|uper }}\"",
+    );
+    let out = check(&text, &[]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let line = out.line("FAIL  template soar:");
+    assert!(
+        line.contains("destinations[soar].json: unknown filter `uper` at line 1"),
+        "{line}"
+    );
+    out.line("ok    template intake:");
+}
+
+#[tokio::test]
 async fn an_unknown_field_is_named() {
     let text = config_text(
         "nats://127.0.0.1:4222",

@@ -225,7 +225,7 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
         assert!(
             matches!(
                 attempt,
-                alertsync_forwarder::destination::Attempt::Delivered(200)
+                alertsync_http::CallOutcome::Done(200)
             ),
             "{attempt:?}"
         );
@@ -333,7 +333,7 @@ async fn deliveries_to_a_destination_answering_with_a_body_reuse_one_connection(
         assert!(
             matches!(
                 attempt,
-                alertsync_forwarder::destination::Attempt::Delivered(201)
+                alertsync_http::CallOutcome::Done(201)
             ),
             "{attempt:?}"
         );

@@ -34,6 +34,20 @@ pub struct IngestConfig {
     /// How far back the poller looks on its very first run. Default 1h.
     #[serde(default = "seconds::<3600>")]
     pub poll_lookback: HumanDuration,
+    /// Time for a request head to arrive on the listener, from its first byte; also how long
+    /// a new connection may stay silent. Default 10s.
+    #[serde(default = "seconds::<10>")]
+    pub webhook_header_timeout: HumanDuration,
+    /// Time for a request body to arrive, from the end of its head. Default 30s.
+    #[serde(default = "seconds::<30>")]
+    pub webhook_body_timeout: HumanDuration,
+    /// Time a kept-alive connection may wait for its next request. Default 1m.
+    #[serde(default = "seconds::<60>")]
+    pub webhook_idle_timeout: HumanDuration,
+    /// Connections served at once; more are answered 503. Keep it below the file-descriptor
+    /// limit. Default 1024.
+    #[serde(default = "listener_connections")]
+    pub webhook_max_connections: usize,
     /// Removed: an alert uuid is remembered as published for as long as the created stream
     /// keeps the alert (`nats.stream_max_age`). Accepted only to name it in a startup error.
     #[serde(default)]
@@ -58,11 +72,28 @@ impl IngestConfig {
                     .into(),
             );
         }
+        for (key, d) in [
+            ("webhook_header_timeout", self.webhook_header_timeout),
+            ("webhook_body_timeout", self.webhook_body_timeout),
+            ("webhook_idle_timeout", self.webhook_idle_timeout),
+        ] {
+            if d.get().is_zero() {
+                problems.push(format!("ingest.{key}: must be more than 0"));
+            }
+        }
+        if self.webhook_max_connections == 0 {
+            problems.push("ingest.webhook_max_connections: must be at least 1".into());
+        }
         if self.live_idle_timeout.get() < std::time::Duration::from_secs(25) {
             problems
                 .push("ingest.live_idle_timeout: must be at least 25s (pings go every 20s)".into());
         }
     }
+}
+
+/// The default of `webhook_max_connections`.
+fn listener_connections() -> usize {
+    1024
 }
 
 /// Whether `[ingest]` turns on a source that needs `[sekoia]` (read before deserializing, to

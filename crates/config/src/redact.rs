@@ -62,6 +62,12 @@ impl Redactor {
         out
     }
 
+    /// Length in bytes of the longest known secret (0 when none): how far past a quote a body
+    /// must be read for a secret starting inside the quote to be redacted whole.
+    pub fn longest_secret(&self) -> usize {
+        self.secrets.first().map_or(0, String::len)
+    }
+
     /// Whether `text` holds any known secret (used by tests and as a last-line check).
     pub fn leaks(&self, text: &str) -> bool {
         self.secrets.iter().any(|s| text.contains(s.as_str()))

@@ -7,9 +7,12 @@
 //! - [`retry_after`]: reads `Retry-After` (seconds or an HTTP date).
 //! - [`RetryPolicy`]: the delay before attempt `n + 1`, a pure function of `n` so every replica
 //!   computes the same one for a JetStream redelivery.
+//! - [`body`]: bounded body reads ([`body::read_capped`]), redacted excerpts of error bodies
+//!   ([`body::excerpt`]: redact, then cut) and [`body::drain`].
 //! - [`CallOutcome`]: what one outside call came to; [`CallOutcome::of_status`] is the one
 //!   mapping from an HTTP status to what the call path does about it.
 
+pub mod body;
 pub mod outcome;
 
 pub use outcome::CallOutcome;

@@ -3,7 +3,8 @@
 //! - [`Health`]: named readiness checks (NATS connected, topology ensured, Sekoia key
 //!   accepted…) served as `GET /healthz` (the process is alive) and `GET /readyz` (it can do
 //!   its work) by [`health_router`].
-//! - [`serve`]: runs an axum router on a bound listener until shutdown.
+//! - [`serve`], [`serve_with_limits`]: run an axum router on a bound listener until shutdown,
+//!   with header, body and idle timeouts and a connection cap ([`ListenerLimits`]).
 //! - [`shutdown_on_signal`]: cancels a token on SIGTERM or SIGINT.
 //! - [`init_logging`]: logs and traces (`RUST_LOG`, `ALERTSYNC_LOG_FORMAT=json`, `OTEL_*`).
 //! - [`service_main`]: the whole `main` of a service binary (arguments, logging, config,
@@ -11,6 +12,10 @@
 //! - [`build_runtime`]: the async runtime of a process, on one thread or several
 //!   (`--worker-threads`, `ALERTSYNC_WORKER_THREADS`).
 //! - [`Allocator`]: the memory allocator every alertsync binary declares.
+
+pub mod listener;
+
+pub use listener::{BodyTimeout, ListenerLimits, is_body_timeout, serve_with_limits};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -126,14 +131,10 @@ pub fn health_router(health: Health) -> Router {
         )
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// Serves `router` on `listener` until `shutdown` is cancelled, under the default
+/// [`ListenerLimits`] (10 s for headers, 30 s for a body, 60 s idle, 1024 connections).
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP listener failed");
-    }
+    serve_with_limits(listener, router, ListenerLimits::DEFAULT, shutdown).await;
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

@@ -19,6 +19,7 @@ const CHECK: &str = "sekoia_key";
 pub struct KeyState {
     health: Health,
     rejected: Arc<AtomicBool>,
+    on_accepted: Arc<std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>,
 }
 
 impl KeyState {
@@ -28,6 +29,7 @@ impl KeyState {
         Self {
             health,
             rejected: Arc::new(AtomicBool::new(false)),
+            on_accepted: Arc::default(),
         }
     }
 
@@ -43,10 +45,22 @@ impl KeyState {
         }
     }
 
+    /// Calls `f` whenever a rejected key is seen accepted again (the enricher's gate probes
+    /// Sekoia at once instead of waiting for its next probe).
+    pub fn on_accepted(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.on_accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+
     /// Sekoia accepted the key.
     pub fn accepted(&self) {
         if self.rejected.swap(false, Ordering::SeqCst) {
             tracing::info!("Sekoia accepts the API key again; resuming");
+            for f in self.on_accepted.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                f();
+            }
         }
         self.health.set(CHECK, true, "accepted");
     }

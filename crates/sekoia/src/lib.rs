@@ -10,48 +10,30 @@
 //!
 //! The base URL is either `https://api.sekoia.io` or a regional `https://app.<region>.sekoia.io/api`;
 //! paths are appended to it, so both work. The API key is sent only in the `Authorization`
-//! header and never appears in an error.
+//! header and never appears in an error: every reason the client gives is redacted of it where
+//! it is made (callers log reasons before any other redaction).
+//!
+//! Bodies are read with a bound: an alert up to [`MAX_ALERT_BYTES`], a page of the alert list
+//! up to [`MAX_LIST_BYTES`], an error body up to [`MAX_ERROR_BYTES`] (only its `message` is
+//! quoted, redacted then cut to 200 characters).
 
 pub mod key;
 
 use std::time::Duration;
 
-use alertsync_config::SekoiaConfig;
-use alertsync_http::{Class, classify, describe_error, retry_after};
+use alertsync_config::{Redactor, SekoiaConfig};
+use alertsync_http::body::{ReadError, read_capped};
+use alertsync_http::{CallOutcome, Class, classify, describe_error, retry_after};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-/// The answer to a Get Alert call. `H` is what the caller reads from the alert (its typed
-/// fields, with `serde`), parsed in the same pass that checks the body: one scan of the alert
-/// instead of two (the enricher's profile showed the second at a tenth of its CPU).
-#[derive(Debug)]
-pub enum GetAlert<H = serde::de::IgnoredAny> {
-    /// 200 with a JSON object body: the raw bytes, untouched, and what `H` read from them
-    /// (`H::default()` when the object does not fit `H`, e.g. a field of an unexpected type
-    /// or a repeated key: the alert is still valid JSON and still goes on).
-    Found(Bytes, H),
-    /// 404: the alert may not be readable yet, or does not exist.
-    NotFound,
-    /// 401/403: the key is missing, expired or lacks the "View alerts" permission.
-    KeyRejected(u16),
-    /// Worth retrying: 408/429/5xx, timeouts, transport errors, a garbled 200.
-    Transient {
-        /// HTTP status, if a response came.
-        status: Option<u16>,
-        /// The server's `Retry-After`.
-        retry_after: Option<Duration>,
-        /// What happened.
-        reason: String,
-    },
-    /// Will not get better by retrying (other 4xx).
-    Permanent {
-        /// HTTP status.
-        status: u16,
-        /// What happened, with Sekoia's `message` when it gave one.
-        reason: String,
-    },
-}
+/// The answer to a Get Alert call: the call path's outcome, whose value is the raw body,
+/// untouched, and what `H` read from it (`H::default()` when the object does not fit `H`, e.g.
+/// a field of an unexpected type or a repeated key: the alert is still valid JSON and still
+/// goes on). A 404 is [`CallOutcome::NotYet`] (the alert may not be readable yet); a 200
+/// without a JSON object is transient; an alert over [`MAX_ALERT_BYTES`] is too large.
+pub type GetAlert<H = serde::de::IgnoredAny> = CallOutcome<(Bytes, H)>;
 
 /// The answer to a key check.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,7 +57,19 @@ pub struct SekoiaClient {
     /// `Bearer <key>`, marked sensitive (hyper then never prints it), built once rather than
     /// validated again on every request.
     auth: reqwest::header::HeaderValue,
+    /// Knows the key: every reason passes through it before it leaves the client.
+    redactor: Redactor,
 }
+
+/// Largest Get Alert body read: a larger one is refused as a permanent failure naming its size
+/// (an alert is a few KiB; this bounds the memory one alert can take in the enricher).
+pub const MAX_ALERT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest alert list page read (a page holds up to 100 alerts).
+pub const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body read, for its `message`.
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
+/// Longest `message` quoted from an error body, in characters.
+const MESSAGE_EXCERPT: usize = 200;
 
 /// Get Alert's flags, as Sekoia's trigger sends them.
 const GET_ALERT_QUERY: &str = "stix=false&comments=false&countermeasures=false&history=false";
@@ -112,6 +106,7 @@ impl SekoiaClient {
             base,
             alerts,
             auth,
+            redactor: Redactor::new([cfg.api_key.expose().to_string()]),
         })
     }
 
@@ -132,14 +127,7 @@ impl SekoiaClient {
             alert.uuid = %uuid,
         );
         let answer = self.get_alert_in_span(uuid).instrument(span.clone()).await;
-        let status = match &answer {
-            GetAlert::Found(..) => Some(200),
-            GetAlert::NotFound => Some(404),
-            GetAlert::KeyRejected(s) => Some(*s),
-            GetAlert::Transient { status, .. } => *status,
-            GetAlert::Permanent { status, .. } => Some(*status),
-        };
-        if let Some(s) = status {
+        if let Some(s) = answer.status() {
             span.record("http.response.status_code", s);
         }
         answer
@@ -162,46 +150,76 @@ impl SekoiaClient {
         let resp = match self.http.execute(request).await {
             Ok(r) => r,
             Err(e) => {
-                return GetAlert::Transient {
-                    status: None,
-                    retry_after: None,
-                    reason: format!("Get Alert {}", describe_error(&e)),
-                };
+                return CallOutcome::transport(
+                    self.redact(format!("Get Alert {}", describe_error(&e))),
+                );
             }
         };
         let status = resp.status().as_u16();
         let wait = retry_after(resp.headers());
-        let body = match resp.bytes().await {
+        let class = classify(status);
+        let cap = if class == Class::Success {
+            MAX_ALERT_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let body = match read_capped(resp, cap).await {
             Ok(b) => b,
-            Err(e) => {
-                return GetAlert::Transient {
+            Err(ReadError::Oversize(o)) if class == Class::Success => {
+                return CallOutcome::TooLarge {
+                    status: Some(status),
+                    reason: format!("Get Alert answered {status} with {o}"),
+                };
+            }
+            // An error body too large to quote: the status says enough.
+            Err(ReadError::Oversize(_)) => Bytes::new(),
+            Err(ReadError::Transport(e)) => {
+                return CallOutcome::Transient {
                     status: Some(status),
                     retry_after: wait,
-                    reason: format!("Get Alert {}", describe_error(&e)),
+                    reason: self.redact(format!("Get Alert {}", describe_error(&e))),
                 };
             }
         };
-        match (status, classify(status)) {
-            (401 | 403, _) => GetAlert::KeyRejected(status),
-            (404, _) => GetAlert::NotFound,
-            (_, Class::Success) => match read_object::<H>(&body) {
-                Some(head) => GetAlert::Found(body, head),
-                None => GetAlert::Transient {
+        if class == Class::Success {
+            return match read_object::<H>(&body) {
+                Some(head) => CallOutcome::Done((body, head)),
+                None => CallOutcome::Transient {
                     status: Some(status),
                     retry_after: None,
                     reason: "Get Alert answered 200 without a JSON object".into(),
                 },
-            },
-            (_, Class::Transient) => GetAlert::Transient {
-                status: Some(status),
-                retry_after: wait,
-                reason: format!("Get Alert answered {status}{}", api_message(&body)),
-            },
-            (_, Class::Permanent) => GetAlert::Permanent {
-                status,
-                reason: format!("Get Alert answered {status}{}", api_message(&body)),
-            },
+            };
         }
+        let reason = format!("Get Alert answered {status}{}", self.api_message(&body));
+        if status == 404 {
+            return CallOutcome::NotYet { status, reason };
+        }
+        CallOutcome::of_status(status, wait, reason)
+    }
+
+    fn redact(&self, reason: String) -> String {
+        self.redactor.redact(&reason)
+    }
+
+    /// `: <message>` from a Sekoia error body (`{"message": ...}`), redacted, then cut to
+    /// [`MESSAGE_EXCERPT`] characters on one line; empty when there is none.
+    fn api_message(&self, body: &[u8]) -> String {
+        let Some(message) = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+        else {
+            return String::new();
+        };
+        // Redact the whole message before cutting it: a key cut in two is no longer
+        // recognised.
+        let redacted = self.redactor.redact(&message);
+        let flat: String = redacted
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MESSAGE_EXCERPT)
+            .collect();
+        format!(": {flat}")
     }
 
     /// Checks the key with `GET {base}/v1/me`.
@@ -213,7 +231,7 @@ impl SekoiaClient {
             .send()
             .await;
         match resp {
-            Err(e) => KeyCheck::Unavailable(describe_error(&e)),
+            Err(e) => KeyCheck::Unavailable(self.redact(describe_error(&e))),
             Ok(r) => match r.status().as_u16() {
                 401 | 403 => KeyCheck::Rejected(r.status().as_u16()),
                 s if (200..300).contains(&s) => KeyCheck::Accepted,
@@ -280,15 +298,32 @@ impl SekoiaClient {
             .await
             .map_err(|e| ListError::Transient {
                 retry_after: None,
-                reason: format!("listing alerts {}", describe_error(&e)),
+                reason: self.redact(format!("listing alerts {}", describe_error(&e))),
             })?;
         let status = resp.status().as_u16();
         let wait = retry_after(resp.headers());
-        let body = resp.bytes().await.map_err(|e| ListError::Transient {
-            retry_after: wait,
-            reason: format!("listing alerts {}", describe_error(&e)),
-        })?;
-        match (status, classify(status)) {
+        let class = classify(status);
+        let cap = if class == Class::Success {
+            MAX_LIST_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let body = match read_capped(resp, cap).await {
+            Ok(b) => b,
+            Err(ReadError::Oversize(o)) if class == Class::Success => {
+                return Err(ListError::Permanent(format!(
+                    "alert list answered {status} with {o}"
+                )));
+            }
+            Err(ReadError::Oversize(_)) => Bytes::new(),
+            Err(ReadError::Transport(e)) => {
+                return Err(ListError::Transient {
+                    retry_after: wait,
+                    reason: self.redact(format!("listing alerts {}", describe_error(&e))),
+                });
+            }
+        };
+        match (status, class) {
             (401 | 403, _) => Err(ListError::KeyRejected(status)),
             (_, Class::Success) => {
                 let v: serde_json::Value =
@@ -308,11 +343,11 @@ impl SekoiaClient {
             }
             (_, Class::Transient) => Err(ListError::Transient {
                 retry_after: wait,
-                reason: format!("alert list answered {status}{}", api_message(&body)),
+                reason: format!("alert list answered {status}{}", self.api_message(&body)),
             }),
             (_, Class::Permanent) => Err(ListError::Permanent(format!(
                 "alert list answered {status}{}",
-                api_message(&body)
+                self.api_message(&body)
             ))),
         }
     }
@@ -348,19 +383,6 @@ fn read_object<H: DeserializeOwned + Default>(body: &[u8]) -> Option<H> {
             .ok()
             .map(|_| H::default()),
     }
-}
-
-/// `: <message>` from a Sekoia error body (`{"message": ...}`), bounded in length.
-fn api_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@
 //! - no auto-escaping, whatever the template is called;
 //! - floats print like Python's `repr` (`1e+16`, `1.5e-07`), booleans and none as `True`,
 //!   `False`, `None`;
-//! - every render gets a fuel budget, so a runaway template fails fast instead of spinning.
+//! - every render gets a fuel budget, so a runaway template fails fast instead of spinning;
+//! - a filter or test that does not exist is refused when the template is compiled (minijinja,
+//!   like Jinja2, would only fail when a render reaches it: every alert would be
+//!   dead-lettered by a template that passed the startup checks).
 //!
 //! Each compiled template owns a copy of the environment holding just that template, which
 //! makes it `'static`, `Send + Sync` and cheap to clone.
@@ -15,8 +18,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use minijinja::machinery::Instruction;
 use minijinja::value::Value;
-use minijinja::{AutoEscape, Environment, Error, Output, State, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State, UndefinedBehavior};
 
 use crate::context::Context;
 use crate::error::{CompileError, RenderError};
@@ -108,6 +112,7 @@ impl Engine {
     fn compile(&self, source: String) -> Result<Compiled, CompileError> {
         let mut env = self.env.clone();
         env.add_template_owned(TEMPLATE_NAME, source)?;
+        check_filters_and_tests(&env)?;
         Ok(Compiled {
             env: Arc::new(env),
             fuel: self.fuel,
@@ -204,6 +209,54 @@ impl Compiled {
             .get_template(TEMPLATE_NAME)
             .and_then(|template| template.render(ctx.value().clone()))
             .map_err(|err| RenderError::from_minijinja(&err, self.fuel))
+    }
+}
+
+/// Refuses a template that applies a filter, or performs a test, that `env` does not have.
+///
+/// minijinja looks filters and tests up by name when a render reaches them, so a typo would
+/// only show as a failed render of every alert. The names are read from the compiled
+/// instructions (exact, unlike scanning the text, where `|` may sit inside a string), and each
+/// is looked up by rendering a one-line probe that applies it.
+fn check_filters_and_tests(env: &Environment<'static>) -> Result<(), CompileError> {
+    let template = env.get_template(TEMPLATE_NAME)?;
+    let compiled = minijinja::machinery::get_compiled_template(&template);
+    let mut checked = std::collections::HashSet::new();
+    for instructions in std::iter::once(&compiled.instructions).chain(compiled.blocks.values()) {
+        let mut idx = 0;
+        while let Some(instruction) = instructions.get(idx) {
+            let (what, name) = match instruction {
+                Instruction::ApplyFilter(name, ..) => ("filter", *name),
+                Instruction::PerformTest(name, ..) => ("test", *name),
+                _ => {
+                    idx += 1;
+                    continue;
+                }
+            };
+            if checked.insert((what, name)) && !exists(env, what, name) {
+                return Err(CompileError::Unknown {
+                    what,
+                    name: name.to_string(),
+                    line: instructions.get_line(idx),
+                });
+            }
+            idx += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `env` has the filter or test `name`: applying it to `none` fails with anything but
+/// "unknown filter" / "unknown test" (a missing argument, a wrong type) when it exists.
+fn exists(env: &Environment<'static>, what: &str, name: &str) -> bool {
+    let probe = if what == "filter" {
+        format!("{{{{ none|{name} }}}}")
+    } else {
+        format!("{{{{ none is {name} }}}}")
+    };
+    match env.render_str(&probe, ()) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), ErrorKind::UnknownFilter | ErrorKind::UnknownTest),
     }
 }
 

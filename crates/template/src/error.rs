@@ -18,6 +18,16 @@ pub enum CompileError {
         /// 1-based line of the template text, when known.
         line: Option<usize>,
     },
+    /// The template applies a filter or performs a test that does not exist.
+    #[error("unknown {what} `{name}`{}", AtLine(*.line))]
+    Unknown {
+        /// `filter` or `test`.
+        what: &'static str,
+        /// The name as written.
+        name: String,
+        /// 1-based line of the template text, when known.
+        line: Option<usize>,
+    },
 }
 
 /// Rendering one template for one alert failed. Rendering is deterministic, so retrying the

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `timestamp_to_iso8601` | epoch seconds (int, float, or a numeric string) | `datetime.fromtimestamp(ts, timezone.utc).isoformat()`, e.g. `2026-01-01T10:22:05+00:00`; microseconds only when not zero, rounded half to even like CPython |
 //! | `iso8601_to_timestamp` | ISO-8601 string | `int(datetime.fromisoformat(s).timestamp())`: whole seconds truncated toward zero; a time without offset is UTC (Sekoia's workers run in UTC); a bare date is midnight UTC |
-//! | `jsonpath(expr, return_first=False)` | any value | the list of matches of the RFC 9535 JSONPath `expr`, or the first match (`none` when nothing matches) when `return_first` is true |
+//! | `jsonpath(expr, return_first=False)` | any value | the list of matches of the RFC 9535 JSONPath `expr`, or the first match (`none` when nothing matches) when `return_first` is true; bounded (see [`JSONPATH_MAX_DEPTH`], [`JSONPATH_MAX_WORK`], [`JSONPATH_MAX_RESULT_BYTES`]) |
 //! | `time_with_delta` | seconds (int, float, numeric string) | `(datetime.now(timezone.utc) + timedelta(seconds=delta)).isoformat()` |
 //! | `regex_match(pattern, ignore_case=False)` | string | `re.match(pattern, s)` as a bool: a match must start at the beginning of the string, not span all of it; the pattern uses Rust `regex` syntax (no look-around or back-references) and is size-limited |
 //! | `fromjson` | JSON string | the parsed value |
@@ -27,6 +27,21 @@ pub const REGEX_MAX_PATTERN_LEN: usize = 16 * 1024;
 pub const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
+
+/// Deepest nesting of the value `jsonpath` queries (serde_json's own parsing limit). A deeper
+/// value is a render error: a query such as `$..x` over a value nested thousands of levels
+/// deep took memory and time quadratic in the depth (issue 24).
+pub const JSONPATH_MAX_DEPTH: usize = 128;
+/// Most work a `jsonpath` query may need, estimated before it runs as the number of values in
+/// the input times its depth for each descendant (`..`) segment of the expression (each one
+/// can visit every value below every value the previous one selected). A larger estimate is a
+/// render error. A Sekoia alert (a few hundred values, a few levels deep) needs a few
+/// thousand.
+pub const JSONPATH_MAX_WORK: u64 = 10_000_000;
+/// Largest `jsonpath` result, as JSON text: every match counts whole, so `$..x` over nested
+/// `x` objects repeats each inner one in every outer one. The result becomes template values
+/// of about ten times that size.
+pub const JSONPATH_MAX_RESULT_BYTES: usize = 1024 * 1024;
 
 /// Adds the filters of this module to `env`.
 pub(crate) fn register(env: &mut Environment<'_>) {
@@ -99,16 +114,135 @@ pub fn jsonpath(
     };
     let path = serde_json_path::JsonPath::parse(expr)
         .map_err(|err| invalid(NAME, format!("invalid JSONPath expression: {err}")))?;
-    let json = serde_json::to_value(value)
-        .map_err(|err| invalid(NAME, format!("cannot convert the value to JSON: {err}")))?;
+    let json = jsonpath_input(value, 0)?;
+    let (values, depth) = measure(&json);
+    // Descendant segments, nested queries in filters included, as the normalised expression
+    // writes them. A `..` inside a quoted name counts too, which only makes the estimate
+    // larger.
+    let descendants = path.to_string().matches("..").count();
+    let work = (0..descendants).fold(values, |w, _| w.saturating_mul(depth.max(1)));
+    if work > JSONPATH_MAX_WORK {
+        return Err(invalid(
+            NAME,
+            format!(
+                "the query could take too much work: {values} values nested {depth} deep with \
+                 {descendants} `..` segments (the limit is {JSONPATH_MAX_WORK} values visited)"
+            ),
+        ));
+    }
     let nodes = path.query(&json);
+    let results = if return_first {
+        nodes.first().into_iter().collect()
+    } else {
+        nodes.all()
+    };
+    // Measured as JSON text, stopping at the limit: what converting them to template values
+    // costs.
+    let mut room = Room(JSONPATH_MAX_RESULT_BYTES);
+    if results
+        .iter()
+        .any(|node| serde_json::to_writer(&mut room, node).is_err())
+    {
+        return Err(invalid(
+            NAME,
+            format!("the result is larger than {JSONPATH_MAX_RESULT_BYTES} bytes of JSON"),
+        ));
+    }
     Ok(if return_first {
-        nodes
+        results
             .first()
             .map_or(Value::from(()), |node| Value::from(Serde(node)))
     } else {
-        Value::from(Serde(nodes.all()))
+        Value::from(Serde(results))
     })
+}
+
+/// `value` as JSON for `jsonpath`, refusing nesting deeper than [`JSONPATH_MAX_DEPTH`] (`depth`
+/// levels are above it).
+fn jsonpath_input(value: &Value, depth: usize) -> Result<serde_json::Value, Error> {
+    const NAME: &str = "jsonpath";
+    let too_deep = || {
+        invalid(
+            NAME,
+            format!("the value is nested deeper than {JSONPATH_MAX_DEPTH} levels"),
+        )
+    };
+    if depth > JSONPATH_MAX_DEPTH {
+        return Err(too_deep());
+    }
+    // Part of an alert: its text, parsed at once (with serde_json's depth limit). Walking it as
+    // a template value reads each level's text again, quadratic in the depth.
+    if let Some((doc, range)) = crate::raw::json_text(value) {
+        return serde_json::from_str(&doc[range]).map_err(|err| {
+            if err.to_string().starts_with("recursion limit exceeded") {
+                too_deep()
+            } else {
+                invalid(NAME, format!("cannot read the value as JSON: {err}"))
+            }
+        });
+    }
+    match value.kind() {
+        ValueKind::Map => {
+            let mut map = serde_json::Map::new();
+            for key in value.try_iter()? {
+                let item = value.get_item(&key)?;
+                let key = match key.as_str() {
+                    Some(k) => k.to_string(),
+                    None => key.to_string(),
+                };
+                map.insert(key, jsonpath_input(&item, depth + 1)?);
+            }
+            Ok(serde_json::Value::Object(map))
+        }
+        ValueKind::Seq | ValueKind::Iterable => value
+            .try_iter()?
+            .map(|item| jsonpath_input(&item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(serde_json::Value::Array),
+        _ => serde_json::to_value(value)
+            .map_err(|err| invalid(NAME, format!("cannot convert the value to JSON: {err}"))),
+    }
+}
+
+/// The number of values in `json` and its depth (a scalar is 1 deep).
+fn measure(json: &serde_json::Value) -> (u64, u64) {
+    fn walk(json: &serde_json::Value, depth: u64, values: &mut u64, deepest: &mut u64) {
+        *values += 1;
+        *deepest = (*deepest).max(depth);
+        match json {
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    walk(item, depth + 1, values, deepest);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for item in map.values() {
+                    walk(item, depth + 1, values, deepest);
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut values, mut deepest) = (0, 0);
+    walk(json, 1, &mut values, &mut deepest);
+    (values, deepest)
+}
+
+/// A writer that only counts, and fails once more than its room was written.
+struct Room(usize);
+
+impl std::io::Write for Room {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self
+            .0
+            .checked_sub(buf.len())
+            .ok_or_else(|| std::io::Error::other("over the limit"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `pattern` matches at the start of the string, like Python's `re.match`.

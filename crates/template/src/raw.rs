@@ -22,6 +22,12 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 use serde_json::value::RawValue;
 
+/// Deepest nesting of objects and arrays in an alert [`RawAlert::parse`] accepts (serde_json's
+/// own parsing limit). Templates and filters walk the alert recursively, and a document nested
+/// a few thousand levels deep overflowed the stack (`tojson`) or took memory and time
+/// quadratic in its depth (`jsonpath('$..x')`); Sekoia's alerts are a few levels deep.
+pub const MAX_DEPTH: usize = 128;
+
 /// A JSON document (a Get Alert body) that templates and filters read in place.
 #[derive(Clone)]
 pub struct RawAlert {
@@ -40,10 +46,17 @@ impl fmt::Debug for RawAlert {
 }
 
 impl RawAlert {
-    /// Checks that `text` is one JSON value (allocating nothing for it) and indexes its top
-    /// level. The error is serde_json's, with line and column.
+    /// Checks that `text` is one JSON value (allocating nothing for it) nested at most
+    /// [`MAX_DEPTH`] levels deep, and indexes its top level. The error is serde_json's, with
+    /// line and column, or says the document is too deep.
     pub fn parse(text: impl Into<Arc<str>>) -> Result<RawAlert, serde_json::Error> {
         let doc: Arc<str> = text.into();
+        if nested_deeper_than(doc.as_bytes(), MAX_DEPTH) {
+            return Err(de::Error::custom(format!(
+                "the document is nested more than {MAX_DEPTH} levels deep, deeper than \
+                 alertsync reads"
+            )));
+        }
         // Indexing an object or array checks every value's syntax on the way (a raw value is
         // scanned in full); anything else is checked by a scan that builds nothing.
         let root = match Node::try_index(&doc, 0..doc.len())? {
@@ -109,6 +122,38 @@ impl RawAlert {
     pub(crate) fn value(&self) -> Value {
         RawNode::value_of(&self.doc, self.root.clone(), 0..self.doc.len())
     }
+}
+
+/// Whether objects and arrays in `doc` (JSON text; checked for syntax separately) nest more
+/// than `limit` deep. One pass over the bytes, stopping at the first level too deep.
+fn nested_deeper_than(doc: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in doc {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// One level of a document: what is known of a value without parsing its children.
@@ -282,6 +327,16 @@ impl<'de> de::Deserialize<'de> for KeyText<'de> {
 struct RawNode {
     doc: Arc<str>,
     node: Node,
+    /// Where its text is in `doc`.
+    range: Range<usize>,
+}
+
+/// The JSON text of `value` when it is an object or array of an alert read in place (a filter
+/// then parses the text once instead of walking the value one level at a time, which reads
+/// each level's text again).
+pub(crate) fn json_text(value: &Value) -> Option<(Arc<str>, Range<usize>)> {
+    let node = value.downcast_object_ref::<RawNode>()?;
+    Some((node.doc.clone(), node.range.clone()))
 }
 
 impl fmt::Debug for RawNode {
@@ -298,6 +353,7 @@ impl RawNode {
             node => Value::from_object(RawNode {
                 doc: doc.clone(),
                 node,
+                range,
             }),
         }
     }
@@ -379,14 +435,31 @@ impl Object for RawNode {
 mod tests {
     use super::*;
 
-    /// Hostile nesting is refused with an error (serde_json's depth limit), never a stack
-    /// overflow; nesting within the limit reads fine.
+    /// Hostile nesting is refused with an error, never a stack overflow; nesting within the
+    /// limit reads fine.
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         for open in ["[", "{\"a\":"] {
             let deep = open.repeat(100_000);
             assert!(RawAlert::parse(deep).is_err());
         }
+        for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+            let deep = format!(
+                "{}1{}",
+                open.repeat(MAX_DEPTH + 1),
+                close.repeat(MAX_DEPTH + 1)
+            );
+            let err = RawAlert::parse(deep).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "the document is nested more than 128 levels deep, deeper than alertsync reads"
+            );
+            let limit = format!("{}1{}", open.repeat(MAX_DEPTH), close.repeat(MAX_DEPTH));
+            assert!(RawAlert::parse(limit).is_ok());
+        }
+        // Brackets inside strings, escaped quotes included, do not count.
+        let text = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert!(RawAlert::parse(text).is_ok());
         let ok = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
         let alert = RawAlert::parse(ok.clone()).unwrap();
         assert_eq!(alert.to_json(), serde_json::from_str::<Json>(&ok).unwrap());

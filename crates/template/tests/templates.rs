@@ -193,7 +193,9 @@ fn a_syntax_error_is_a_compile_error_naming_the_line() {
     let err = engine
         .compile_json_body("{\n\"a\": \"ok\",\n\"b\": \"{{ node.1. }}\"\n}")
         .unwrap_err();
-    let CompileError::Syntax { line, .. } = &err;
+    let CompileError::Syntax { line, .. } = &err else {
+        panic!("{err:?}")
+    };
     assert_eq!(*line, Some(3));
     assert!(
         err.to_string()

@@ -7,8 +7,10 @@
 //!
 //! The gate a worker pulls through is `alertsync-gate`; the NATS plumbing is `alertsync-nats`.
 
+pub mod call;
 pub mod dead_letter;
 pub mod worker;
 
+pub use call::{CallPolicy, CallSite, gated_call};
 pub use dead_letter::DeadLetters;
 pub use worker::{Delivery, Handler, Outcome, Worker, WorkerConfig};

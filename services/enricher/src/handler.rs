@@ -1,27 +1,33 @@
 //! One `AlertCreated` → Get Alert → `EnrichedAlert`.
+//!
+//! decode (undecodable → poison) → Get Alert through the call path
+//! ([`alertsync_worker::call`]: 404 retried up to `enricher.not_found_attempts`, 429 and a
+//! rejected key hold every alert, 5xx and timeouts retried then dead-lettered, held while the
+//! circuit to Sekoia is open) → the trigger's filters → publish (an enriched alert over the
+//! NATS server's `max_payload` is dead-lettered as too large).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alertsync_config::EnricherConfig;
-use alertsync_gate::{Gate, Turn};
-use alertsync_http::RetryPolicy;
+use alertsync_gate::Gate;
+use alertsync_http::{CallOutcome, RetryPolicy};
 use alertsync_nats::{Subjects, async_nats::jetstream, publish::publish_acked};
 use alertsync_proto::protocol::FIRST_ENRICHMENT_HEADER;
 use alertsync_proto::{DeadLetterClass, Message as _, Stage, canonical_uuid, time, v1};
 use alertsync_sekoia::{GetAlert, SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
-use alertsync_worker::{Delivery, Handler, Outcome};
-use tokio_util::sync::CancellationToken;
+use alertsync_worker::{CallPolicy, CallSite, Delivery, Handler, Outcome, gated_call};
 use tracing::Instrument as _;
 
 use crate::filter::{AlertHead, TriggerFilter};
 
-/// How often a message held during a rejected-key episode tells the server it is still alive.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// NAK delay for a held message when the service shuts down.
-const RELEASE_DELAY: Duration = Duration::from_secs(5);
+/// NAK delay when the enriched alert could not be published (NATS trouble, not the alert's).
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+/// Room for the headers and protocol framing of an enriched alert, besides its payload, in the
+/// NATS server's `max_payload`.
+const HEADROOM: usize = 4096;
 
 /// What a handler is made of, besides its config.
 pub struct Parts {
@@ -37,10 +43,8 @@ pub struct Parts {
     pub filter: TriggerFilter,
     /// Counters.
     pub metrics: Metrics,
-    /// How long a message is held while the key is rejected before trying again.
-    pub rejected_key_retry: Duration,
-    /// The circuit to Sekoia: open while Get Alert answers; closed by failures in a row
-    /// (or a 429), so that alerts wait without burning attempts while Sekoia is down.
+    /// The gate to Sekoia: paused while the key is rejected, circuit open while Get Alert
+    /// keeps failing, throttled on 429, so that alerts wait without burning attempts.
     pub gate: Gate,
     /// Since when the created stream holds every alert published to it (epoch seconds, 0
     /// while unknown), kept current by the service (see [`EnrichHandler::only_enrichment`]).
@@ -50,25 +54,32 @@ pub struct Parts {
 /// Handles `AlertCreated` messages.
 pub struct EnrichHandler {
     parts: Parts,
-    cfg: EnricherConfig,
-    retry: RetryPolicy,
-    stop: CancellationToken,
+    policy: CallPolicy,
+}
+
+/// A dead-letter outcome of the enricher (the call path makes those about Get Alert).
+fn dead(class: DeadLetterClass, reason: String, uuid: &str) -> Outcome {
+    Outcome::DeadLetter {
+        class,
+        reason,
+        last_status: None,
+        alert_uuid: uuid.to_string(),
+    }
 }
 
 impl EnrichHandler {
-    /// A handler; `stop` releases held messages on shutdown.
-    pub fn new(parts: Parts, cfg: EnricherConfig, stop: CancellationToken) -> Self {
-        let retry = RetryPolicy {
-            base: cfg.retry.base_delay.get(),
-            max: cfg.retry.max_delay.get(),
-            max_retry_after: cfg.retry.max_retry_after.get(),
+    /// A handler with the enricher's retry settings.
+    pub fn new(parts: Parts, cfg: &EnricherConfig) -> Self {
+        let policy = CallPolicy {
+            retry: RetryPolicy {
+                base: cfg.retry.base_delay.get(),
+                max: cfg.retry.max_delay.get(),
+                max_retry_after: cfg.retry.max_retry_after.get(),
+            },
+            max_attempts: cfg.retry.max_attempts,
+            not_yet_attempts: cfg.not_found_attempts,
         };
-        Self {
-            parts,
-            cfg,
-            retry,
-            stop,
-        }
+        Self { parts, policy }
     }
 
     /// The Sekoia client.
@@ -76,47 +87,25 @@ impl EnrichHandler {
         &self.parts.sekoia
     }
 
-    fn retry_after(&self, d: &Delivery, retry_after: Option<Duration>) -> Outcome {
-        self.parts.metrics.retry(Stage::Enrich, None);
-        Outcome::Retry {
-            after: self.retry.delay(d.delivered, retry_after),
-        }
-    }
-
-    fn dead(
-        &self,
-        reason: String,
-        status: Option<u16>,
-        uuid: &str,
-        class: DeadLetterClass,
-    ) -> Outcome {
-        Outcome::DeadLetter {
-            class,
-            reason,
-            last_status: status,
-            alert_uuid: uuid.to_string(),
-        }
-    }
-
-    /// Holds `d` for one rejected-key wait, keeping it alive on the server. False when the
-    /// service is stopping (the caller releases the message).
-    async fn hold(&self, d: &Delivery) -> bool {
-        let until = tokio::time::Instant::now() + self.parts.rejected_key_retry;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return true;
+    /// One Get Alert, counted (latency, errors by status) and telling the key check what the
+    /// answer says of the key.
+    async fn get_alert(&self, uuid: &str) -> GetAlert<AlertHead> {
+        let m = &self.parts.metrics;
+        let started = std::time::Instant::now();
+        let answer = self.parts.sekoia.get_alert::<AlertHead>(uuid).await;
+        m.sekoia_latency(started.elapsed());
+        match &answer {
+            CallOutcome::Done(_) => {}
+            CallOutcome::CredentialsRejected { status, .. } => {
+                m.sekoia_error(&status.to_string());
+                self.parts.key.rejected(*status);
             }
-            let step = PROGRESS_EVERY.min(until - now);
-            tokio::select! {
-                _ = self.stop.cancelled() => return false,
-                _ = tokio::time::sleep(step) => d.in_progress().await,
-            }
-            // The key watcher may have seen the key accepted again: retry right away.
-            if !self.parts.key.is_rejected() {
-                return true;
-            }
+            other => m.sekoia_error(&other.status().map_or("transport".into(), |s| s.to_string())),
         }
+        if matches!(answer, CallOutcome::Done(_) | CallOutcome::NotYet { .. }) {
+            self.parts.key.accepted();
+        }
+        answer
     }
 
     /// Whether the `EnrichedAlert` about to be published is provably its alert's only one,
@@ -186,6 +175,19 @@ impl EnrichHandler {
             alert_json: body,
             fetched_at: Some(time::now()),
         };
+        let payload = msg.encode_to_vec();
+        let max_payload = self.parts.js.client().server_info().max_payload;
+        if max_payload > 0 && payload.len() + HEADROOM > max_payload {
+            // Retrying cannot make it fit: say by how much it is over.
+            let over = payload.len() + HEADROOM - max_payload;
+            let reason = format!(
+                "too large: the enriched alert is {} bytes, over what the NATS server takes \
+                 ({max_payload} bytes max_payload, less {HEADROOM} for headers) by {over} \
+                 bytes; raise max_payload in nats-server's configuration to forward such alerts",
+                payload.len()
+            );
+            return dead(DeadLetterClass::TooLarge, reason, &uuid);
+        }
         let mut headers = alertsync_nats::async_nats::HeaderMap::new();
         span.in_scope(|| alertsync_telemetry::propagation::inject_nats(&mut headers));
         if self.only_enrichment(d, &uuid, alert) {
@@ -196,7 +198,7 @@ impl EnrichHandler {
             subject,
             &format!("enriched:{uuid}"),
             Some(headers),
-            msg.encode_to_vec().into(),
+            payload.into(),
         )
         .instrument(span)
         .await;
@@ -208,7 +210,10 @@ impl EnrichHandler {
             }
             Err(e) => {
                 tracing::warn!(alert.uuid = %uuid, error = %e, "enriched publish failed; will retry");
-                self.retry_after(d, None)
+                self.parts.metrics.retry(Stage::Enrich, None);
+                Outcome::Retry {
+                    after: PUBLISH_RETRY,
+                }
             }
         }
     }
@@ -219,116 +224,37 @@ impl Handler for EnrichHandler {
         let created = match v1::AlertCreated::decode(d.payload.as_ref()) {
             Ok(m) => m,
             Err(e) => {
-                return self.dead(
-                    format!("poison: undecodable AlertCreated: {e}"),
-                    None,
-                    "",
-                    DeadLetterClass::Poison,
-                );
+                let reason = format!("poison: undecodable AlertCreated: {e}");
+                return dead(DeadLetterClass::Poison, reason, "");
             }
         };
         let Some(uuid) = canonical_uuid(&created.alert_uuid) else {
-            return self.dead(
-                "poison: AlertCreated without a valid alert uuid".into(),
-                None,
-                "",
-                DeadLetterClass::Poison,
-            );
+            let reason = "poison: AlertCreated without a valid alert uuid".to_string();
+            return dead(DeadLetterClass::Poison, reason, "");
         };
         let span = tracing::Span::current();
         span.record("alert.uuid", uuid.as_str());
         if !created.short_id.is_empty() {
             span.record("alert.short_id", created.short_id.as_str());
         }
-        let m = &self.parts.metrics;
-        loop {
-            let pass = match self.parts.gate.turn(d).await {
-                Turn::Go(pass) => pass,
-                Turn::Released => {
-                    return Outcome::Retry {
-                        after: RELEASE_DELAY,
-                    };
-                }
-            };
-            let started = std::time::Instant::now();
-            let answer = self.parts.sekoia.get_alert::<AlertHead>(&uuid).await;
-            m.sekoia_latency(started.elapsed());
-            match answer {
-                GetAlert::Found(body, alert) => {
-                    pass.delivered();
-                    self.parts.key.accepted();
-                    return self.publish(created, body, &alert, d).await;
-                }
-                GetAlert::NotFound => {
-                    pass.answered();
-                    self.parts.key.accepted();
-                    m.sekoia_error("404");
-                    if d.delivered >= self.cfg.not_found_attempts {
-                        return self.dead(
-                            format!("Get Alert answered 404 on {} attempts", d.delivered),
-                            Some(404),
-                            &uuid,
-                            DeadLetterClass::NotFound,
-                        );
-                    }
-                    return self.retry_after(d, None);
-                }
-                GetAlert::KeyRejected(status) => {
-                    // Not the alert's fault: hold it (attempts are not burnt) until the key
-                    // works again. The key watcher, not the gate, decides when that is: the
-                    // pass goes unreported (a probe's turn passes to the next message).
-                    drop(pass);
-                    m.sekoia_error(&status.to_string());
-                    self.parts.key.rejected(status);
-                    if !self.hold(d).await {
-                        return Outcome::Retry {
-                            after: RELEASE_DELAY,
-                        };
-                    }
-                }
-                GetAlert::Transient {
-                    status: Some(429),
-                    retry_after,
-                    reason,
-                } => {
-                    // Sekoia's rate limit is about us, not this alert: every call waits, and
-                    // no attempt is burnt.
-                    m.sekoia_error("429");
-                    let wait = match retry_after {
-                        Some(ra) => ra.min(self.retry.max_retry_after),
-                        None => self.retry.delay(d.delivered, None),
-                    };
-                    tracing::debug!(alert.uuid = %uuid, ?wait, "Sekoia rate limit; holding the alert");
-                    pass.throttled(wait, &reason);
-                }
-                GetAlert::Transient {
-                    status,
-                    retry_after,
-                    reason,
-                } => {
-                    m.sekoia_error(&status.map_or("transport".to_string(), |s| s.to_string()));
-                    if pass.failed(status, &reason) {
-                        // The circuit is open: hold the alert until a probe gets an answer.
-                        continue;
-                    }
-                    if d.delivered >= self.cfg.retry.max_attempts {
-                        return self.dead(
-                            format!("gave up after {} attempts: {reason}", d.delivered),
-                            status,
-                            &uuid,
-                            DeadLetterClass::Exhausted,
-                        );
-                    }
-                    tracing::debug!(alert.uuid = %uuid, %reason, attempt = d.delivered, "Get Alert failed; will retry");
-                    return self.retry_after(d, retry_after);
-                }
-                GetAlert::Permanent { status, reason } => {
-                    pass.answered();
-                    m.sekoia_error(&status.to_string());
-                    return self.dead(reason, Some(status), &uuid, DeadLetterClass::Http4xx);
-                }
-            }
+        let site = CallSite {
+            gate: &self.parts.gate,
+            policy: &self.policy,
+            stage: Stage::Enrich,
+            destination: None,
+            metrics: &self.parts.metrics,
+            what: "Get Alert",
+        };
+        let (body, alert) = match gated_call(site, d, &uuid, || self.get_alert(&uuid)).await {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if let Err(e) = std::str::from_utf8(&body) {
+            // Found here, once, rather than by every destination of the forwarder.
+            let reason = format!("poison: the alert body Sekoia returned is not UTF-8: {e}");
+            return dead(DeadLetterClass::Poison, reason, &uuid);
         }
+        self.publish(created, body, &alert, d).await
     }
 }
 

@@ -38,8 +38,7 @@ fn describe_gate(status: &GateStatus) -> String {
         GateState::Open => return "Get Alert answers".into(),
         GateState::CircuitOpen => "circuit open: Get Alert keeps failing",
         GateState::Throttled => "throttled: Sekoia asked us to wait",
-        // The gate is never paused for the key: the key check reports that.
-        GateState::Paused => "paused",
+        GateState::Paused => "paused: Sekoia rejects the API key",
     };
     let next = status
         .next_try_in
@@ -60,7 +59,6 @@ pub struct Enricher {
     key: KeyState,
     key_check: (Duration, Duration),
     metrics: Metrics,
-    stop: CancellationToken,
     client: alertsync_nats::async_nats::Client,
     topology: Topology,
     created_since: Arc<AtomicU64>,
@@ -136,7 +134,6 @@ impl Enricher {
         health.set("topology", true, "streams and consumer ensured");
         let sekoia = SekoiaClient::new(sekoia_cfg)?;
         let key = KeyState::new(health.clone());
-        let stop = CancellationToken::new();
         let metrics = Metrics::new();
         let gate = Gate::new(
             SEKOIA_GATE,
@@ -144,8 +141,13 @@ impl Enricher {
                 probe_base: e.probe_base_delay.get(),
                 probe_max: e.probe_max_delay.get(),
                 circuit_failures: e.circuit_failures,
+                // A rejected key is retried at the key check's own pace, and at once when
+                // the key check sees it accepted again.
+                paused_probe_every: Some(sekoia_cfg.rejected_key_retry.get()),
             },
         );
+        let probe = gate.clone();
+        key.on_accepted(move || probe.probe_now());
         health.set(SEKOIA_GATE, true, describe_gate(&gate.status()));
         metrics.sekoia_circuit_open(false);
         let (h, m) = (health.clone(), metrics.clone());
@@ -162,12 +164,10 @@ impl Enricher {
                 key: key.clone(),
                 filter: filter::TriggerFilter::new(e, &sekoia_cfg.communities),
                 metrics: metrics.clone(),
-                rejected_key_retry: sekoia_cfg.rejected_key_retry.get(),
                 gate: gate.clone(),
                 created_stream_since: created_since.clone(),
             },
-            e.clone(),
-            stop.clone(),
+            e,
         ));
         let dead_letters = DeadLetters::new(
             js,
@@ -202,7 +202,6 @@ impl Enricher {
                 sekoia_cfg.rejected_key_retry.get(),
             ),
             metrics,
-            stop,
             client,
             topology,
             created_since,
@@ -241,13 +240,6 @@ impl Enricher {
             self.created_since.clone(),
             shutdown.clone(),
         ));
-        // Held messages (rejected key) are released as soon as shutdown starts.
-        let stop = self.stop.clone();
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            signal.cancelled().await;
-            stop.cancel();
-        });
         self.worker.run(self.handler.clone(), shutdown).await;
         let _ = checker.await;
         let _ = since.await;

@@ -2,16 +2,18 @@
 //! [`Destination::render`] builds the exact request for an alert (also the dry run of
 //! `alertsync render`); [`Destination::send`] makes one attempt and classifies the answer.
 
-use std::time::Duration;
-
 use alertsync_config::{DestinationConfig, Redactor};
-use alertsync_http::{Class, RetryPolicy, classify, describe_error, retry_after};
+use alertsync_http::body::{drain, excerpt};
+use alertsync_http::{CallOutcome, Class, RetryPolicy, classify, describe_error, retry_after};
 use alertsync_template::{BodyTemplate, Context, Engine, TextTemplate};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 /// Longest excerpt of an error response kept in a dead-letter reason.
 const RESPONSE_EXCERPT: usize = 300;
-/// Largest success body read to its end so that its connection can be reused.
+/// Largest success body read to its end so that its connection can be reused: hyper reuses a
+/// connection only when the last response was read entirely, and a destination answering with
+/// the created object (a few KiB) would otherwise cost a new TCP and TLS handshake per
+/// delivery. The delivery has happened whatever this read does.
 const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// A destination could not be set up: names the destination and the field.
@@ -37,24 +39,6 @@ pub struct Rendered {
     pub headers: HeaderMap,
     /// JSON body text (UTF-8; `Bytes` so that an attempt sends it without a copy).
     pub body: Option<bytes::Bytes>,
-}
-
-/// The result of one attempt.
-#[derive(Debug)]
-pub enum Attempt {
-    /// 2xx.
-    Delivered(u16),
-    /// Anything else.
-    Failed {
-        /// HTTP status, if a response came.
-        status: Option<u16>,
-        /// Transient or permanent.
-        class: Class,
-        /// The server's `Retry-After`.
-        retry_after: Option<Duration>,
-        /// What happened, redacted.
-        reason: String,
-    },
 }
 
 /// A compiled destination.
@@ -200,7 +184,10 @@ impl Destination {
     }
 
     /// Makes one attempt, with the current span's trace context as `traceparent`.
-    pub async fn send(&self, r: &Rendered) -> Attempt {
+    ///
+    /// The outcome is the call path's ([`CallOutcome`]): `Done` carries the 2xx status; a
+    /// failure's reason is redacted and quotes at most the start of the answer's body.
+    pub async fn send(&self, r: &Rendered) -> CallOutcome<u16> {
         let mut req = reqwest::Request::new(r.method.clone(), r.url.clone());
         *req.headers_mut() = r.headers.clone();
         alertsync_telemetry::propagation::inject_http(req.headers_mut());
@@ -210,58 +197,34 @@ impl Destination {
         let resp = match self.client.execute(req).await {
             Ok(resp) => resp,
             Err(e) => {
-                return Attempt::Failed {
-                    status: None,
-                    class: Class::Transient,
-                    retry_after: None,
-                    reason: self.redactor.redact(&describe_error(&e)),
-                };
+                return CallOutcome::transport(self.redactor.redact(&describe_error(&e)));
             }
         };
         let status = resp.status();
         let code = status.as_u16();
-        let class = classify(code);
-        if class == Class::Success {
-            drain(resp).await;
-            return Attempt::Delivered(code);
+        if classify(code) == Class::Success {
+            drain(resp, DRAIN_LIMIT).await;
+            return CallOutcome::Done(code);
         }
         let wait = retry_after(resp.headers());
-        let excerpt = match resp.bytes().await {
-            Ok(b) => {
-                let text =
-                    String::from_utf8_lossy(&b[..b.len().min(RESPONSE_EXCERPT)]).into_owned();
-                let text = text.trim().replace(['\n', '\r'], " ");
-                if text.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {text}")
-                }
-            }
-            Err(_) => String::new(),
+        // Only the quoted start of the body is read, redacted whole, then cut: a 100 MiB error
+        // page costs a few KiB, and a secret the cut would split is already gone.
+        let excerpt = excerpt(
+            resp,
+            RESPONSE_EXCERPT,
+            &|t| self.redactor.redact(t),
+            self.redactor.longest_secret(),
+        )
+        .await;
+        let excerpt = if excerpt.is_empty() {
+            excerpt
+        } else {
+            format!(": {excerpt}")
         };
-        Attempt::Failed {
-            status: Some(code),
-            class,
-            retry_after: wait,
-            reason: self.redactor.redact(&format!(
-                "destination answered {code} {}{excerpt}",
-                status.canonical_reason().unwrap_or("")
-            )),
-        }
-    }
-}
-
-/// Reads a success response's body to its end (up to [`DRAIN_LIMIT`]) and drops it. hyper
-/// reuses a connection only when the last response was read entirely; dropping a body that
-/// had not all arrived yet closed it, so each delivery to a destination that answers with the
-/// created object (a few KiB is enough) paid a new TCP and TLS handshake. The delivery has
-/// happened whatever this read does: an error or a larger body only costs the connection.
-async fn drain(mut resp: reqwest::Response) {
-    let mut read = 0;
-    while read <= DRAIN_LIMIT {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => read += chunk.len(),
-            Ok(None) | Err(_) => return,
-        }
+        let reason = self.redactor.redact(&format!(
+            "destination answered {code} {}{excerpt}",
+            status.canonical_reason().unwrap_or("")
+        ));
+        CallOutcome::of_status(code, wait, reason)
     }
 }

@@ -126,6 +126,7 @@ impl Forwarder {
             probe_base: cfg.forwarder.probe_base_delay.get(),
             probe_max: cfg.forwarder.probe_max_delay.get(),
             circuit_failures: cfg.forwarder.circuit_failures,
+            paused_probe_every: None,
         };
         let mut workers = Vec::new();
         for (dest, dcfg) in destinations.into_iter().zip(&cfg.destinations) {

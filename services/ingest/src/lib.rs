@@ -44,6 +44,7 @@ struct SekoiaSources {
 pub struct Ingest {
     listener: TcpListener,
     router: axum::Router,
+    limits: alertsync_runtime::ListenerLimits,
     health: Health,
     client: alertsync_nats::async_nats::Client,
     sources: Option<SekoiaSources>,
@@ -135,6 +136,7 @@ impl Ingest {
         Ok(Self {
             listener,
             router,
+            limits: webhook::listener_limits(ingest),
             health,
             client,
             sources,
@@ -169,7 +171,8 @@ impl Ingest {
                 tasks.spawn(poller.run(shutdown.clone()));
             }
         }
-        alertsync_runtime::serve(self.listener, self.router, shutdown).await;
+        alertsync_runtime::serve_with_limits(self.listener, self.router, self.limits, shutdown)
+            .await;
         while tasks.join_next().await.is_some() {}
         alertsync_nats::connect::flush_before_exit(&self.client, "ingest").await;
         tracing::info!("ingest stopped");

@@ -7,15 +7,23 @@
 //! - 401 without `Authorization: Bearer <ingest.webhook_token>` or with a wrong one;
 //! - 400 `{"error"}` for invalid JSON or a missing/malformed uuid;
 //! - 413 over 64 KiB;
+//! - 408 when the body did not arrive within `ingest.webhook_body_timeout` (the connection is
+//!   then closed);
 //! - 503 when NATS is unreachable or does not acknowledge in time (callers retry).
 //!
 //! Nothing is published on a 4xx.
+//!
+//! The listener bounds what a client can hold ([`listener_limits`]): a request head must arrive
+//! within `ingest.webhook_header_timeout`, a body within `ingest.webhook_body_timeout`, a
+//! kept-alive connection is closed after `ingest.webhook_idle_timeout`, and beyond
+//! `ingest.webhook_max_connections` connections are answered 503.
 
 use std::sync::Arc;
 
-use alertsync_config::Secret;
+use alertsync_config::{IngestConfig, Secret};
 use alertsync_nats::async_nats;
 use alertsync_proto::v1;
+use alertsync_runtime::ListenerLimits;
 use axum::{
     Json, Router,
     body::Body,
@@ -49,6 +57,16 @@ pub fn router(state: State) -> Router {
     Router::new()
         .route("/v1/alerts", post(receive))
         .with_state(state)
+}
+
+/// The limits of the ingest's listener (webhook, health and metrics), from `[ingest]`.
+pub fn listener_limits(cfg: &IngestConfig) -> ListenerLimits {
+    ListenerLimits {
+        header_timeout: cfg.webhook_header_timeout.get(),
+        body_timeout: cfg.webhook_body_timeout.get(),
+        idle_timeout: cfg.webhook_idle_timeout.get(),
+        max_connections: cfg.webhook_max_connections,
+    }
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -93,6 +111,9 @@ async fn receive_in_span(state: State, req: Request<Body>) -> Response {
     }
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
         Ok(b) => b,
+        Err(e) if alertsync_runtime::is_body_timeout(&e) => {
+            return error(StatusCode::REQUEST_TIMEOUT, e.to_string());
+        }
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
