@@ -87,15 +87,14 @@ impl TriggerNode {
     /// The trigger's value of `key` (one of [`TRIGGER_KEYS`]), as [`trigger_output`] makes it.
     fn derive(&self, key: &str) -> Option<Value> {
         let a = &self.alert;
-        // Small values built here (two-key maps, one sub-field) convert whole.
-        let json = |j: Json| Value::from(minijinja::value::Serde(&j));
         let field = |k: &str| a.field(k).unwrap_or_else(|| Value::from(()));
-        let sub = |k: &str, s: &str| a.sub_field(k, s).unwrap_or(Json::Null);
+        let sub = |k: &str, s: &str| a.sub_field(k, s).unwrap_or_else(|| Value::from(()));
+        // Keys in alphabetical order, so a BTreeMap keeps trigger_output's order.
         let name_uuid = |k: &str| {
-            let mut map = Map::new();
-            map.insert("name".into(), sub(k, "name"));
-            map.insert("uuid".into(), sub(k, "uuid"));
-            json(Json::Object(map))
+            Value::from(std::collections::BTreeMap::from([
+                ("name", sub(k, "name")),
+                ("uuid", sub(k, "uuid")),
+            ]))
         };
         Some(match key {
             "file_path" => Value::from("alert.json"),
@@ -103,10 +102,10 @@ impl TriggerNode {
             "alert_uuid" => field("uuid"),
             "short_id" | "created_at" | "last_seen_at" | "first_seen_at" => field(key),
             "status" | "rule" => name_uuid(key),
-            "urgency" => json(sub("urgency", "current_value")),
+            "urgency" => sub("urgency", "current_value"),
             "entity" | "alert_type" => a
                 .field(key)
-                .unwrap_or_else(|| json(Json::Object(Map::new()))),
+                .unwrap_or_else(|| Value::from(std::collections::BTreeMap::<&str, Value>::new())),
             _ => return None,
         })
     }

@@ -105,12 +105,15 @@ impl RawAlert {
         Some(RawNode::value_of(&self.doc, node, range))
     }
 
-    /// `key.sub` parsed, as `alert.get(key).and_then(|p| p.get(sub))` reads the tree.
-    pub(crate) fn sub_field(&self, key: &str, sub: &str) -> Option<Json> {
+    /// `key.sub` as a template value (read lazily), as `alert.get(key).and_then(|p|
+    /// p.get(sub))` reads the tree.
+    pub(crate) fn sub_field(&self, key: &str, sub: &str) -> Option<Value> {
         let Node::Object(inner) = Node::index(&self.doc, self.top(key)?) else {
             return None;
         };
-        Some(parse_json(&self.doc, inner.get(&self.doc, sub)?))
+        let range = inner.get(&self.doc, sub)?;
+        let node = Node::index(&self.doc, range.clone());
+        Some(RawNode::value_of(&self.doc, node, range))
     }
 
     /// The whole document as a tree, for code that needs one (and for tests).
@@ -349,7 +352,7 @@ impl RawNode {
     /// The value at `range`, already indexed as `node`.
     fn value_of(doc: &Arc<str>, node: Node, range: Range<usize>) -> Value {
         match node {
-            Node::Scalar => scalar_value(&parse_json(doc, range)),
+            Node::Scalar => scalar_at(&doc[range]),
             node => Value::from_object(RawNode {
                 doc: doc.clone(),
                 node,
@@ -363,6 +366,67 @@ impl RawNode {
         let node = Node::index(&self.doc, range.clone());
         RawNode::value_of(&self.doc, node, range)
     }
+}
+
+/// The scalar whose JSON text is `text` as a template value, as Python's `json` module reads
+/// it (Sekoia's playbooks are Python): what serde_json cannot read is not silently `None`.
+///
+/// - An integer is exact up to 128 bits (serde_json reads one beyond 64 bits as a float,
+///   Python keeps every digit); beyond, the value is an error when a template uses it.
+/// - A number beyond a float's range (`1e400`) is infinity, as Python reads it (serde_json
+///   refuses it); it prints `inf`.
+/// - A string holding a lone UTF-16 surrogate escape (`"\ud800"`) cannot be text here, nor
+///   be sent as UTF-8 by Python either: it is an error when a template uses it, saying so.
+fn scalar_at(text: &str) -> Value {
+    let text = text.trim();
+    if let Some(b'-' | b'0'..=b'9') = text.as_bytes().first() {
+        return number_at(text);
+    }
+    match serde_json::from_str::<Json>(text) {
+        Ok(json) => scalar_value(&json),
+        Err(_) if text.starts_with('"') => unreadable(
+            "the alert holds a string with a lone UTF-16 surrogate escape (such as \\ud800), \
+             which is not text and cannot be sent as UTF-8",
+        ),
+        Err(_) => unreadable("the alert holds a value that is not valid JSON"),
+    }
+}
+
+/// A JSON number's text as a template value (see [`scalar_at`]).
+fn number_at(text: &str) -> Value {
+    if !text.contains(['.', 'e', 'E']) {
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::from(i);
+        }
+        if let Ok(u) = text.parse::<u64>() {
+            return Value::from(u);
+        }
+        if let Ok(i) = text.parse::<i128>() {
+            return Value::from(i);
+        }
+        if let Ok(u) = text.parse::<u128>() {
+            return Value::from(u);
+        }
+        return unreadable(
+            "the alert holds an integer larger than 128 bits, which alertsync cannot render \
+             exactly",
+        );
+    }
+    // Rust's parser, like Python's `float()`, rounds correctly and reads an overflow as
+    // infinity (serde_json refuses it).
+    match text.parse::<f64>() {
+        Ok(f) => Value::from(f),
+        Err(_) => unreadable("the alert holds a value that is not valid JSON"),
+    }
+}
+
+/// A value that is an error, with `reason`, when a template uses it (prints it, compares it,
+/// passes it to a filter…): the render fails and the alert is dead-lettered with the reason.
+fn unreadable(reason: &str) -> Value {
+    Value::from(minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        reason.to_string(),
+    ))
 }
 
 /// A JSON scalar as minijinja's serde conversion makes it, so templates see the same values
