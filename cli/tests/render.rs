@@ -223,10 +223,7 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
         let request = dest.render(&ctx, FIXTURE_UUID).unwrap();
         let attempt = dest.send(&request).await;
         assert!(
-            matches!(
-                attempt,
-                alertsync_http::CallOutcome::Done(200)
-            ),
+            matches!(attempt, alertsync_http::CallOutcome::Done(200)),
             "{attempt:?}"
         );
         let got = receiver
@@ -331,10 +328,7 @@ async fn deliveries_to_a_destination_answering_with_a_body_reuse_one_connection(
     for _ in 0..4 {
         let attempt = dest.send(&request).await;
         assert!(
-            matches!(
-                attempt,
-                alertsync_http::CallOutcome::Done(201)
-            ),
+            matches!(attempt, alertsync_http::CallOutcome::Done(201)),
             "{attempt:?}"
         );
     }

@@ -696,7 +696,10 @@ mod tests {
         }
         assert!(g.is_open());
         assert!(!g.pass(false).failed("a", Some(500), "500"));
-        assert!(g.pass(false).failed("b", Some(500), "500"), "three distinct alerts");
+        assert!(
+            g.pass(false).failed("b", Some(500), "500"),
+            "three distinct alerts"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -729,7 +732,10 @@ mod tests {
             Turn::Released => panic!("released"),
         }
         assert!(g.is_open());
-        assert!(!suspect.await.unwrap(), "the suspect goes through the open gate");
+        assert!(
+            !suspect.await.unwrap(),
+            "the suspect goes through the open gate"
+        );
         // Marked poison, the same alert no longer closes anything.
         g.mark_poison("p1");
         assert!(g.is_poison("p1"));
@@ -770,7 +776,10 @@ mod tests {
         g.pass(false).delivered();
         assert!(!g.pass(false).failed("a3", Some(503), "503"));
         assert!(!g.pass(false).failed("a4", Some(503), "503"));
-        assert!(g.pass(false).failed("a5", Some(503), "503"), "third in a row");
+        assert!(
+            g.pass(false).failed("a5", Some(503), "503"),
+            "third in a row"
+        );
         let st = g.status();
         assert_eq!(st.state, GateState::CircuitOpen);
         assert!(st.since.is_some());

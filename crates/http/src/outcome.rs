@@ -106,9 +106,8 @@ impl<T> CallOutcome<T> {
             | CallOutcome::TooLarge { status, .. }
             | CallOutcome::Permanent { status, .. } => *status,
             CallOutcome::Throttled { .. } => Some(429),
-            CallOutcome::CredentialsRejected { status, .. } | CallOutcome::NotYet { status, .. } => {
-                Some(*status)
-            }
+            CallOutcome::CredentialsRejected { status, .. }
+            | CallOutcome::NotYet { status, .. } => Some(*status),
         }
     }
 

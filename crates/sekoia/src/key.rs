@@ -14,12 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 const CHECK: &str = "sekoia_key";
 
+/// What runs when a rejected key is accepted again.
+type OnAccepted = Box<dyn Fn() + Send + Sync>;
+
 /// Shared key state of one enricher process.
 #[derive(Clone)]
 pub struct KeyState {
     health: Health,
     rejected: Arc<AtomicBool>,
-    on_accepted: Arc<std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>,
+    on_accepted: Arc<std::sync::Mutex<Vec<OnAccepted>>>,
 }
 
 impl KeyState {
@@ -58,7 +61,12 @@ impl KeyState {
     pub fn accepted(&self) {
         if self.rejected.swap(false, Ordering::SeqCst) {
             tracing::info!("Sekoia accepts the API key again; resuming");
-            for f in self.on_accepted.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for f in self
+                .on_accepted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
                 f();
             }
         }

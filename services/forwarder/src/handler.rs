@@ -258,7 +258,10 @@ impl Handler for ForwardHandler {
             metrics: &self.metrics,
             what: "delivery",
         };
-        let sent = gated_call(site, d, &uuid, || self.attempt(&request, &uuid, d.delivered)).await;
+        let sent = gated_call(site, d, &uuid, || {
+            self.attempt(&request, &uuid, d.delivered)
+        })
+        .await;
         match sent {
             Ok(status) => {
                 self.delivered(&enriched, &uuid, status, d).await;
