@@ -18,15 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use alertsync_config::Config;
-use alertsync_gate::{Gate, GatePolicy, GateState, GateStatus};
+use alertsync_gate::{GatePolicy, GateState, GateStatus};
 use alertsync_nats::{Connection, Topology, connect, topology::ConsumerSpec};
 use alertsync_proto::Stage;
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
-use alertsync_worker::{DeadLetters, Worker, WorkerConfig};
-use anyhow::Context as _;
-use tokio::net::TcpListener;
+use alertsync_worker::{DeadLetters, StageRunner, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The readiness check (and the gate's name in logs) of the circuit to Sekoia's API.
@@ -52,16 +50,7 @@ fn describe_gate(status: &GateStatus) -> String {
 
 /// A built enricher, ready to run.
 pub struct Enricher {
-    listener: TcpListener,
-    health: Health,
-    worker: Worker,
-    handler: Arc<handler::EnrichHandler>,
-    key: KeyState,
-    key_check: (Duration, Duration),
-    metrics: Metrics,
-    client: alertsync_nats::async_nats::Client,
-    topology: Topology,
-    created_since: Arc<AtomicU64>,
+    runner: StageRunner,
 }
 
 /// How often the enricher asks since when the created stream holds every alert published to
@@ -130,37 +119,42 @@ impl Enricher {
                 max_ack_pending: 1000.max(e.concurrency as i64 * 8),
             })
             .await?;
-        let health = Health::with_nats(client.clone());
+        let metrics = Metrics::new();
+        let mut runner = StageRunner::bind(
+            "enricher",
+            e.listen,
+            "enricher.listen",
+            client,
+            metrics.clone(),
+        )
+        .await?;
+        let health = runner.health().clone();
         health.set("topology", true, "streams and consumer ensured");
         let sekoia = SekoiaClient::new(sekoia_cfg)?;
         let key = KeyState::new(health.clone());
-        let metrics = Metrics::new();
-        let gate = Gate::new(
+        let policy = GatePolicy {
+            probe_base: e.probe_base_delay.get(),
+            probe_max: e.probe_max_delay.get(),
+            circuit_failures: e.circuit_failures,
+            // A rejected key is retried at the key check's own pace, and at once when the key
+            // check sees it accepted again.
+            paused_probe_every: Some(sekoia_cfg.rejected_key_retry.get()),
+        };
+        let m = metrics.clone();
+        let gate = runner.gate(
             SEKOIA_GATE,
-            GatePolicy {
-                probe_base: e.probe_base_delay.get(),
-                probe_max: e.probe_max_delay.get(),
-                circuit_failures: e.circuit_failures,
-                // A rejected key is retried at the key check's own pace, and at once when
-                // the key check sees it accepted again.
-                paused_probe_every: Some(sekoia_cfg.rejected_key_retry.get()),
-            },
+            policy,
+            SEKOIA_GATE,
+            describe_gate,
+            move |open| m.sekoia_circuit_open(!open),
         );
         let probe = gate.clone();
         key.on_accepted(move || probe.probe_now());
-        health.set(SEKOIA_GATE, true, describe_gate(&gate.status()));
-        metrics.sekoia_circuit_open(false);
-        let (h, m) = (health.clone(), metrics.clone());
-        gate.on_change(move |status| {
-            let open = status.state == GateState::Open;
-            h.set(SEKOIA_GATE, open, describe_gate(status));
-            m.sekoia_circuit_open(!open);
-        });
         let handler = Arc::new(handler::EnrichHandler::new(
             handler::Parts {
                 js: js.clone(),
                 subjects: subjects.clone(),
-                sekoia,
+                sekoia: sekoia.clone(),
                 key: key.clone(),
                 filter: filter::TriggerFilter::new(e, &sekoia_cfg.communities),
                 metrics: metrics.clone(),
@@ -187,66 +181,30 @@ impl Enricher {
             dead_letters,
         )
         .with_gate(gate)
-        .with_metrics(metrics.clone());
-        let listener = TcpListener::bind(e.listen)
-            .await
-            .with_context(|| format!("enricher.listen: cannot bind {}", e.listen))?;
-        Ok(Self {
-            listener,
-            health,
-            worker,
-            handler,
-            key,
-            key_check: (
-                sekoia_cfg.key_check_interval.get(),
-                sekoia_cfg.rejected_key_retry.get(),
-            ),
-            metrics,
-            client,
-            topology,
-            created_since,
-        })
+        .with_metrics(metrics);
+        runner.worker(worker, handler);
+        let (interval, rejected_retry) = (
+            sekoia_cfg.key_check_interval.get(),
+            sekoia_cfg.rejected_key_retry.get(),
+        );
+        runner.task(move |stop| key.watch(sekoia, interval, rejected_retry, stop));
+        runner.task(move |stop| watch_created_since(topology, created_since, stop));
+        Ok(Self { runner })
     }
 
     /// The bound health address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.runner.local_addr()
     }
 
     /// The service's readiness.
     pub fn health(&self) -> Health {
-        self.health.clone()
+        self.runner.health().clone()
     }
 
     /// Runs until `shutdown`: in-flight alerts finish, then NATS is flushed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "enricher running");
-        let http = tokio::spawn(alertsync_runtime::serve(
-            self.listener,
-            alertsync_runtime::health_router(self.health.clone())
-                .merge(alertsync_telemetry::metrics_router(self.metrics.clone())),
-            shutdown.clone(),
-        ));
-        let checker = tokio::spawn(self.key.clone().watch(
-            self.handler.sekoia().clone(),
-            self.key_check.0,
-            self.key_check.1,
-            shutdown.clone(),
-        ));
-        let since = tokio::spawn(watch_created_since(
-            self.topology.clone(),
-            self.created_since.clone(),
-            shutdown.clone(),
-        ));
-        self.worker.run(self.handler.clone(), shutdown).await;
-        let _ = checker.await;
-        let _ = since.await;
-        let _ = http.await;
-        alertsync_nats::connect::flush_before_exit(&self.client, "enricher").await;
-        tracing::info!("enricher stopped");
-        Ok(())
+        self.runner.run(shutdown).await
     }
 }
 

@@ -29,20 +29,15 @@ use alertsync_gate::{Gate, GatePolicy, GateState, GateStatus};
 use alertsync_nats::{Connection, Topology, connect, topology::ConsumerSpec};
 use alertsync_proto::Stage;
 use alertsync_runtime::Health;
-use alertsync_worker::{DeadLetters, Worker, WorkerConfig};
-use anyhow::Context as _;
-use tokio::net::TcpListener;
+use alertsync_worker::{DeadLetters, StageRunner, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 pub use destination::Destination;
 
 /// A built forwarder, ready to run.
 pub struct Forwarder {
-    listener: TcpListener,
-    health: Health,
-    workers: Vec<(Worker, Arc<handler::ForwardHandler>)>,
-    metrics: alertsync_telemetry::Metrics,
-    client: alertsync_nats::async_nats::Client,
+    runner: StageRunner,
+    gates: Vec<(String, Gate)>,
 }
 
 /// Readiness check name of a destination.
@@ -121,14 +116,21 @@ impl Forwarder {
         let store = topology
             .ensure_delivery_records(cfg.forwarder.delivery_record_max_age.get())
             .await?;
-        let health = Health::with_nats(client.clone());
+        let mut runner = StageRunner::bind(
+            "forwarder",
+            cfg.forwarder.listen,
+            "forwarder.listen",
+            client,
+            metrics.clone(),
+        )
+        .await?;
         let policy = GatePolicy {
             probe_base: cfg.forwarder.probe_base_delay.get(),
             probe_max: cfg.forwarder.probe_max_delay.get(),
             circuit_failures: cfg.forwarder.circuit_failures,
             paused_probe_every: None,
         };
-        let mut workers = Vec::new();
+        let mut gates = Vec::new();
         for (dest, dcfg) in destinations.into_iter().zip(&cfg.destinations) {
             let consumer = topology
                 .ensure_consumer_with_filters(
@@ -146,16 +148,15 @@ impl Forwarder {
                     &[subjects.replay_forward(&dest.name)],
                 )
                 .await?;
-            let gate = Gate::new(&dest.name, policy);
-            let check = destination_check(&dest.name);
-            health.set(&check, true, "delivering");
-            metrics.circuit_state(&dest.name, 0);
-            let (h, m, name) = (health.clone(), metrics.clone(), dest.name.clone());
-            gate.on_change(move |status| {
-                let open = status.state == GateState::Open;
-                h.set(&check, open, describe_gate(status));
-                m.circuit_state(&name, i64::from(!open));
-            });
+            let (m, name) = (metrics.clone(), dest.name.clone());
+            let gate = runner.gate(
+                &dest.name,
+                policy,
+                &destination_check(&dest.name),
+                describe_gate,
+                move |open| m.circuit_state(&name, i64::from(!open)),
+            );
+            gates.push((dest.name.clone(), gate.clone()));
             let records = Arc::new(records::DeliveryRecords::new(store.clone(), &dest.name));
             let dead_letters = DeadLetters::new(
                 js.clone(),
@@ -176,71 +177,33 @@ impl Forwarder {
             )
             .with_gate(gate.clone())
             .with_metrics(metrics.clone());
-            workers.push((
-                worker,
-                Arc::new(handler::ForwardHandler::new(
-                    dest,
-                    gate,
-                    records,
-                    metrics.clone(),
-                )),
-            ));
+            let handler = handler::ForwardHandler::new(dest, gate, records, metrics.clone());
+            runner.worker(worker, Arc::new(handler));
         }
-        health.set("topology", true, "streams and consumers ensured");
-        let listen = cfg.forwarder.listen;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("forwarder.listen: cannot bind {listen}"))?;
-        Ok(Self {
-            listener,
-            health,
-            workers,
-            metrics,
-            client,
-        })
+        runner
+            .health()
+            .set("topology", true, "streams and consumers ensured");
+        Ok(Self { runner, gates })
     }
 
     /// The bound health address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.runner.local_addr()
     }
 
     /// The service's readiness.
     pub fn health(&self) -> Health {
-        self.health.clone()
+        self.runner.health().clone()
     }
 
     /// Each destination's gate (its state is a metric: [`GateState::code`]).
     pub fn gates(&self) -> Vec<(String, Gate)> {
-        self.workers
-            .iter()
-            .map(|(_, h)| (h.destination().to_string(), h.gate().clone()))
-            .collect()
+        self.gates.clone()
     }
 
     /// Runs until `shutdown`: in-flight deliveries finish, then NATS is flushed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), destinations = self.workers.len(), "forwarder running");
-        let http = tokio::spawn(alertsync_runtime::serve(
-            self.listener,
-            alertsync_runtime::health_router(self.health.clone())
-                .merge(alertsync_telemetry::metrics_router(self.metrics.clone())),
-            shutdown.clone(),
-        ));
-        let loops: Vec<_> = self
-            .workers
-            .into_iter()
-            .map(|(worker, handler)| tokio::spawn(worker.run(handler, shutdown.clone())))
-            .collect();
-        for l in loops {
-            let _ = l.await;
-        }
-        let _ = http.await;
-        alertsync_nats::connect::flush_before_exit(&self.client, "forwarder").await;
-        tracing::info!("forwarder stopped");
-        Ok(())
+        self.runner.run(shutdown).await
     }
 }
 

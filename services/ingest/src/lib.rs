@@ -27,27 +27,12 @@ use alertsync_nats::{Connection, Topology, connect};
 use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
-use anyhow::Context as _;
-use tokio::net::TcpListener;
+use alertsync_worker::StageRunner;
 use tokio_util::sync::CancellationToken;
-
-/// The sources that call Sekoia, when configured.
-struct SekoiaSources {
-    key: KeyState,
-    client: SekoiaClient,
-    key_check: (std::time::Duration, std::time::Duration),
-    live: Option<live::LiveSource>,
-    poller: Option<poller::Poller>,
-}
 
 /// A built ingest service, ready to run.
 pub struct Ingest {
-    listener: TcpListener,
-    router: axum::Router,
-    limits: alertsync_runtime::ListenerLimits,
-    health: Health,
-    client: alertsync_nats::async_nats::Client,
-    sources: Option<SekoiaSources>,
+    runner: StageRunner,
 }
 
 impl Ingest {
@@ -64,9 +49,17 @@ impl Ingest {
         let ingest = settings.ingest;
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
-        let health = Health::with_nats(client.clone());
-        health.set("topology", true, "streams and buckets ensured");
         let metrics = Metrics::new();
+        let mut runner = StageRunner::bind(
+            "ingest",
+            ingest.listen,
+            "ingest.listen",
+            client.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let health = runner.health().clone();
+        health.set("topology", true, "streams and buckets ensured");
         let communities = settings
             .communities
             .iter()
@@ -78,11 +71,11 @@ impl Ingest {
             communities,
             metrics.clone(),
         ));
-        let sources = match settings.sekoia {
-            Some(sekoia_cfg) => {
-                let client = SekoiaClient::new(sekoia_cfg)?;
-                let key = KeyState::new(health.clone());
-                let live = ingest.live.then(|| live::LiveSource {
+        if let Some(sekoia_cfg) = settings.sekoia {
+            let sekoia = SekoiaClient::new(sekoia_cfg)?;
+            let key = KeyState::new(health.clone());
+            if ingest.live {
+                let live = live::LiveSource {
                     url: sekoia_cfg
                         .live_url
                         .clone()
@@ -94,88 +87,49 @@ impl Ingest {
                     metrics: metrics.clone(),
                     idle_timeout: ingest.live_idle_timeout.get(),
                     reconnect_max: ingest.live_reconnect_max_delay.get(),
-                });
-                let poller = if ingest.poll_interval.get().is_zero() {
-                    None
-                } else {
-                    Some(poller::Poller {
-                        sekoia: client.clone(),
-                        publisher: publisher.clone(),
-                        state: topology.ensure_kv("INGEST", None).await?,
-                        interval: ingest.poll_interval.get(),
-                        lookback: ingest.poll_lookback.get(),
-                        communities: sekoia_cfg.communities.clone(),
-                        key: key.clone(),
-                        rejected_retry: sekoia_cfg.rejected_key_retry.get(),
-                    })
                 };
-                Some(SekoiaSources {
-                    key,
-                    client,
-                    key_check: (
-                        sekoia_cfg.key_check_interval.get(),
-                        sekoia_cfg.rejected_key_retry.get(),
-                    ),
-                    live,
-                    poller,
-                })
+                runner.task(move |stop| live.run(stop));
             }
-            None => None,
-        };
-        let listener = TcpListener::bind(ingest.listen)
-            .await
-            .with_context(|| format!("ingest.listen: cannot bind {}", ingest.listen))?;
+            if !ingest.poll_interval.get().is_zero() {
+                let poller = poller::Poller {
+                    sekoia: sekoia.clone(),
+                    publisher: publisher.clone(),
+                    state: topology.ensure_kv("INGEST", None).await?,
+                    interval: ingest.poll_interval.get(),
+                    lookback: ingest.poll_lookback.get(),
+                    communities: sekoia_cfg.communities.clone(),
+                    key: key.clone(),
+                    rejected_retry: sekoia_cfg.rejected_key_retry.get(),
+                };
+                runner.task(move |stop| poller.run(stop));
+            }
+            let (interval, rejected_retry) = (
+                sekoia_cfg.key_check_interval.get(),
+                sekoia_cfg.rejected_key_retry.get(),
+            );
+            runner.task(move |stop| key.watch(sekoia, interval, rejected_retry, stop));
+        }
         let state = webhook::State {
             publisher,
-            client: client.clone(),
+            client,
             token: ingest.webhook_token.clone(),
         };
-        let router = webhook::router(state)
-            .merge(alertsync_runtime::health_router(health.clone()))
-            .merge(alertsync_telemetry::metrics_router(metrics));
-        Ok(Self {
-            listener,
-            router,
-            limits: webhook::listener_limits(ingest),
-            health,
-            client,
-            sources,
-        })
+        runner.serve(webhook::router(state), webhook::listener_limits(ingest));
+        Ok(Self { runner })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.runner.local_addr()
     }
 
     /// The service's readiness.
     pub fn health(&self) -> Health {
-        self.health.clone()
+        self.runner.health().clone()
     }
 
     /// Serves and listens until `shutdown`, then flushes NATS.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "ingest listening");
-        let mut tasks = tokio::task::JoinSet::new();
-        if let Some(s) = self.sources {
-            tasks.spawn(
-                s.key
-                    .watch(s.client, s.key_check.0, s.key_check.1, shutdown.clone()),
-            );
-            if let Some(live) = s.live {
-                tasks.spawn(live.run(shutdown.clone()));
-            }
-            if let Some(poller) = s.poller {
-                tasks.spawn(poller.run(shutdown.clone()));
-            }
-        }
-        alertsync_runtime::serve_with_limits(self.listener, self.router, self.limits, shutdown)
-            .await;
-        while tasks.join_next().await.is_some() {}
-        alertsync_nats::connect::flush_before_exit(&self.client, "ingest").await;
-        tracing::info!("ingest stopped");
-        Ok(())
+        self.runner.run(shutdown).await
     }
 }
