@@ -291,6 +291,29 @@ where
     }
 }
 
+/// The whole of a service binary's `main.rs`: the allocator, and a `main` that runs
+/// [`service_main`] with the stage built by `$build(&config)` (an `async fn` giving something
+/// with `run(shutdown)`).
+///
+/// ```ignore
+/// alertsync_runtime::service_binary!("alertsync-enricher", Enricher, alertsync_enricher::Enricher::build);
+/// ```
+#[macro_export]
+macro_rules! service_binary {
+    ($service:literal, $stage:ident, $build:path) => {
+        #[global_allocator]
+        static ALLOC: $crate::Allocator = $crate::Allocator;
+
+        fn main() -> std::process::ExitCode {
+            $crate::service_main(
+                $service,
+                alertsync_config::Stage::$stage,
+                |cfg, shutdown| async move { $build(&cfg).await?.run(shutdown).await },
+            )
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,22 @@ macro_rules! detail_span {
     };
 }
 
+/// The producer span of a publish of an alert's message to `subject` (see [`detail_span!`]).
+/// `alertsync.source` and `alertsync.duplicate` are recorded by the ingest, which knows them.
+pub fn publish_span(subject: &str, alert_uuid: &str, short_id: &str) -> tracing::Span {
+    detail_span!(
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = %subject,
+        alert.uuid = %alert_uuid,
+        alert.short_id = %short_id,
+        alertsync.source = tracing::field::Empty,
+        alertsync.duplicate = tracing::field::Empty,
+    )
+}
+
 use std::sync::Arc;
 
 use alertsync_proto::{DeadLetterClass, Stage};

@@ -68,9 +68,9 @@ impl StageRunner {
             .expect("a bound listener has an address")
     }
 
-    /// The stage's readiness.
-    pub fn health(&self) -> &Health {
-        &self.health
+    /// The stage's readiness (a handle on the same checks).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// The stage's counters.

@@ -240,6 +240,19 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Dead-letter for `class` and `reason`, about alert `alert_uuid` (empty when unknown),
+    /// with no HTTP status.
+    pub fn dead_letter(class: DeadLetterClass, reason: String, alert_uuid: &str) -> Outcome {
+        Outcome::DeadLetter {
+            class,
+            reason,
+            last_status: None,
+            alert_uuid: alert_uuid.to_string(),
+        }
+    }
+}
+
 /// The code that handles one message of a stage.
 pub trait Handler: Send + Sync + 'static {
     /// Handles `delivery`; must not panic on any payload.

@@ -59,12 +59,7 @@ pub struct EnrichHandler {
 
 /// A dead-letter outcome of the enricher (the call path makes those about Get Alert).
 fn dead(class: DeadLetterClass, reason: String, uuid: &str) -> Outcome {
-    Outcome::DeadLetter {
-        class,
-        reason,
-        last_status: None,
-        alert_uuid: uuid.to_string(),
-    }
+    Outcome::dead_letter(class, reason, uuid)
 }
 
 impl EnrichHandler {
@@ -161,15 +156,7 @@ impl EnrichHandler {
                 .unwrap_or_default();
         }
         let subject = self.parts.subjects.enriched(&created.community_uuid);
-        let span = alertsync_telemetry::detail_span!(
-            "publish",
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-            alert.uuid = %uuid,
-            alert.short_id = %created.short_id,
-        );
+        let span = alertsync_telemetry::publish_span(&subject, &uuid, &created.short_id);
         let msg = v1::EnrichedAlert {
             created: Some(created),
             alert_json: body,

@@ -12,7 +12,6 @@
 pub mod filter;
 pub mod handler;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +20,6 @@ use alertsync_config::Config;
 use alertsync_gate::{GatePolicy, GateState, GateStatus};
 use alertsync_nats::{Connection, Topology, connect, topology::ConsumerSpec};
 use alertsync_proto::Stage;
-use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
 use alertsync_worker::{DeadLetters, StageRunner, Worker, WorkerConfig};
@@ -48,10 +46,8 @@ fn describe_gate(status: &GateStatus) -> String {
     )
 }
 
-/// A built enricher, ready to run.
-pub struct Enricher {
-    runner: StageRunner,
-}
+/// The enricher stage: [`Enricher::build`] puts together the [`StageRunner`] that runs it.
+pub struct Enricher;
 
 /// How often the enricher asks since when the created stream holds every alert published to
 /// it: a purge or a deletion of that stream is noticed within this time.
@@ -92,14 +88,14 @@ async fn update_created_since(topology: &Topology, since: &AtomicU64) {
 impl Enricher {
     /// Connects to NATS, ensures the topology and the `enricher` consumer, binds
     /// `enricher.listen`, and starts checking the Sekoia key.
-    pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+    pub async fn build(cfg: &Config) -> anyhow::Result<StageRunner> {
         cfg.enricher_settings()?;
         Self::build_on(cfg, connect(&cfg.nats, "alertsync-enricher").await?).await
     }
 
     /// [`Enricher::build`] on an existing NATS connection (shared by the stages of one
     /// process).
-    pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<Self> {
+    pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<StageRunner> {
         let settings = cfg.enricher_settings()?;
         let (sekoia_cfg, e) = (settings.sekoia, settings.enricher);
         let topology = Topology::new(js.clone(), &cfg.nats);
@@ -128,7 +124,7 @@ impl Enricher {
             metrics.clone(),
         )
         .await?;
-        let health = runner.health().clone();
+        let health = runner.health();
         health.set("topology", true, "streams and consumer ensured");
         let sekoia = SekoiaClient::new(sekoia_cfg)?;
         let key = KeyState::new(health.clone());
@@ -189,22 +185,7 @@ impl Enricher {
         );
         runner.task(move |stop| key.watch(sekoia, interval, rejected_retry, stop));
         runner.task(move |stop| watch_created_since(topology, created_since, stop));
-        Ok(Self { runner })
-    }
-
-    /// The bound health address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.runner.local_addr()
-    }
-
-    /// The service's readiness.
-    pub fn health(&self) -> Health {
-        self.runner.health().clone()
-    }
-
-    /// Runs until `shutdown`: in-flight alerts finish, then NATS is flushed.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.runner.run(shutdown).await
+        Ok(runner)
     }
 }
 

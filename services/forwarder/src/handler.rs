@@ -41,12 +41,7 @@ pub struct ForwardHandler {
 
 /// A dead-letter outcome of the forwarder (the call path makes the others).
 fn dead(class: DeadLetterClass, reason: String, uuid: &str) -> Outcome {
-    Outcome::DeadLetter {
-        class,
-        reason,
-        last_status: None,
-        alert_uuid: uuid.to_string(),
-    }
+    Outcome::dead_letter(class, reason, uuid)
 }
 
 impl ForwardHandler {

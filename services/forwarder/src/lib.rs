@@ -20,25 +20,19 @@ pub mod filter;
 pub mod handler;
 pub mod records;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use alertsync_config::Config;
-use alertsync_gate::{Gate, GatePolicy, GateState, GateStatus};
+use alertsync_gate::{GatePolicy, GateState, GateStatus};
 use alertsync_nats::{Connection, Topology, connect, topology::ConsumerSpec};
 use alertsync_proto::Stage;
-use alertsync_runtime::Health;
 use alertsync_worker::{DeadLetters, StageRunner, Worker, WorkerConfig};
-use tokio_util::sync::CancellationToken;
 
 pub use destination::Destination;
 
-/// A built forwarder, ready to run.
-pub struct Forwarder {
-    runner: StageRunner,
-    gates: Vec<(String, Gate)>,
-}
+/// The forwarder stage: [`Forwarder::build`] puts together the [`StageRunner`] that runs it.
+pub struct Forwarder;
 
 /// Readiness check name of a destination.
 pub fn destination_check(name: &str) -> String {
@@ -95,7 +89,7 @@ pub fn compile_destinations(cfg: &Config) -> anyhow::Result<Vec<Destination>> {
 impl Forwarder {
     /// Compiles the templates, connects to NATS, ensures the topology and one consumer per
     /// destination, and binds `forwarder.listen`.
-    pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+    pub async fn build(cfg: &Config) -> anyhow::Result<StageRunner> {
         // Templates first: a bad one fails before anything connects.
         let destinations = compile_destinations(cfg)?;
         let nats = connect(&cfg.nats, "alertsync-forwarder").await?;
@@ -108,7 +102,7 @@ impl Forwarder {
         cfg: &Config,
         destinations: Vec<Destination>,
         (client, js): Connection,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<StageRunner> {
         let topology = Topology::new(js.clone(), &cfg.nats);
         topology.ensure_streams().await?;
         let subjects = topology.subjects().clone();
@@ -130,7 +124,6 @@ impl Forwarder {
             circuit_failures: cfg.forwarder.circuit_failures,
             paused_probe_every: None,
         };
-        let mut gates = Vec::new();
         for (dest, dcfg) in destinations.into_iter().zip(&cfg.destinations) {
             let consumer = topology
                 .ensure_consumer_with_filters(
@@ -156,7 +149,6 @@ impl Forwarder {
                 describe_gate,
                 move |open| m.circuit_state(&name, i64::from(!open)),
             );
-            gates.push((dest.name.clone(), gate.clone()));
             let records = Arc::new(records::DeliveryRecords::new(store.clone(), &dest.name));
             let dead_letters = DeadLetters::new(
                 js.clone(),
@@ -183,27 +175,7 @@ impl Forwarder {
         runner
             .health()
             .set("topology", true, "streams and consumers ensured");
-        Ok(Self { runner, gates })
-    }
-
-    /// The bound health address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.runner.local_addr()
-    }
-
-    /// The service's readiness.
-    pub fn health(&self) -> Health {
-        self.runner.health().clone()
-    }
-
-    /// Each destination's gate (its state is a metric: [`GateState::code`]).
-    pub fn gates(&self) -> Vec<(String, Gate)> {
-        self.gates.clone()
-    }
-
-    /// Runs until `shutdown`: in-flight deliveries finish, then NATS is flushed.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.runner.run(shutdown).await
+        Ok(runner)
     }
 }
 

@@ -19,32 +19,27 @@ pub mod poller;
 pub mod publisher;
 pub mod webhook;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use alertsync_config::Config;
 use alertsync_nats::{Connection, Topology, connect};
-use alertsync_runtime::Health;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
 use alertsync_worker::StageRunner;
-use tokio_util::sync::CancellationToken;
 
-/// A built ingest service, ready to run.
-pub struct Ingest {
-    runner: StageRunner,
-}
+/// The ingest stage: [`Ingest::build`] puts together the [`StageRunner`] that runs it.
+pub struct Ingest;
 
 impl Ingest {
     /// Connects to NATS, ensures the streams and buckets, binds `ingest.listen`, and prepares
     /// the live socket and the poller when they are on.
-    pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+    pub async fn build(cfg: &Config) -> anyhow::Result<StageRunner> {
         cfg.ingest_settings()?;
         Self::build_on(cfg, connect(&cfg.nats, "alertsync-ingest").await?).await
     }
 
     /// [`Ingest::build`] on an existing NATS connection (shared by the stages of one process).
-    pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<Self> {
+    pub async fn build_on(cfg: &Config, (client, js): Connection) -> anyhow::Result<StageRunner> {
         let settings = cfg.ingest_settings()?;
         let ingest = settings.ingest;
         let topology = Topology::new(js.clone(), &cfg.nats);
@@ -58,7 +53,7 @@ impl Ingest {
             metrics.clone(),
         )
         .await?;
-        let health = runner.health().clone();
+        let health = runner.health();
         health.set("topology", true, "streams and buckets ensured");
         let communities = settings
             .communities
@@ -115,21 +110,6 @@ impl Ingest {
             token: ingest.webhook_token.clone(),
         };
         runner.serve(webhook::router(state), webhook::listener_limits(ingest));
-        Ok(Self { runner })
-    }
-
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.runner.local_addr()
-    }
-
-    /// The service's readiness.
-    pub fn health(&self) -> Health {
-        self.runner.health().clone()
-    }
-
-    /// Serves and listens until `shutdown`, then flushes NATS.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.runner.run(shutdown).await
+        Ok(runner)
     }
 }

@@ -1,17 +1,3 @@
-//! `alertsync-ingest --config alertsync.toml`: the webhook source.
+//! `alertsync-ingest --config alertsync.toml`: the webhook, LiveAPI and poller sources.
 
-#[global_allocator]
-static ALLOC: alertsync_runtime::Allocator = alertsync_runtime::Allocator;
-
-fn main() -> std::process::ExitCode {
-    alertsync_runtime::service_main(
-        "alertsync-ingest",
-        alertsync_config::Stage::Ingest,
-        |cfg, shutdown| async move {
-            alertsync_ingest::Ingest::build(&cfg)
-                .await?
-                .run(shutdown)
-                .await
-        },
-    )
-}
+alertsync_runtime::service_binary!("alertsync-ingest", Ingest, alertsync_ingest::Ingest::build);

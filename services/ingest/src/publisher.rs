@@ -76,17 +76,8 @@ impl Publisher {
         source: v1::Source,
     ) -> Result<Verdict, PublishError> {
         let subject = self.subjects.created(&event.alert_uuid);
-        let span = alertsync_telemetry::detail_span!(
-            "publish",
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-            alert.uuid = %event.alert_uuid,
-            alert.short_id = %event.short_id,
-            alertsync.source = source_name(source),
-            alertsync.duplicate = tracing::field::Empty,
-        );
+        let span = alertsync_telemetry::publish_span(&subject, &event.alert_uuid, &event.short_id);
+        span.record("alertsync.source", source_name(source));
         let verdict = self
             .publish_in_span(event, source, subject)
             .instrument(span.clone())
