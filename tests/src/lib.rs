@@ -182,6 +182,14 @@ impl Pipeline {
         Self::start_full(destinations, DEFAULT_INGEST, DEFAULT_ENRICHER, nats_lines).await
     }
 
+    /// Like [`Pipeline::start`], with `enricher` lines, on a nats-server started with
+    /// `server_config` (e.g. `max_payload: 32KB`).
+    pub async fn start_on_server(destinations: &str, enricher: &str, server_config: &str) -> Self {
+        let nats = NatsServer::start_with_config(server_config)
+            .expect("nats-server starts (see scripts/nats-server)");
+        Self::start_on(nats, destinations, DEFAULT_INGEST, enricher, "").await
+    }
+
     async fn start_full(
         destinations: &str,
         ingest: &str,
@@ -189,6 +197,16 @@ impl Pipeline {
         nats_lines: &str,
     ) -> Self {
         let nats = NatsServer::start().expect("nats-server starts (see scripts/nats-server)");
+        Self::start_on(nats, destinations, ingest, enricher, nats_lines).await
+    }
+
+    async fn start_on(
+        nats: NatsServer,
+        destinations: &str,
+        ingest: &str,
+        enricher: &str,
+        nats_lines: &str,
+    ) -> Self {
         let sekoia = FakeSekoia::start(SEKOIA_KEY).await;
         let receiver = Receiver::start().await;
         let text = config_text(

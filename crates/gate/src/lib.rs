@@ -57,9 +57,15 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// message to take the probe first: longer than the worker needs to pull one.
 pub const SUSPECT_GRACE: Duration = Duration::from_secs(3);
 
-/// Alerts remembered as failing on their own account ([`Gate::mark_poison`]); the oldest is
-/// forgotten first. Bounded so that a flood of bad alerts cannot grow memory.
+/// Alerts remembered as failing on their own account ([`Gate::mark_poison`]), and alerts
+/// remembered as having failed ([`Gate::failed_before`]); the oldest is forgotten first.
+/// Bounded so that a flood of bad alerts cannot grow memory.
 const POISON_REMEMBERED: usize = 4096;
+
+/// How long an alert's failure is remembered: a failure again after successes of others within
+/// this time is the alert's own. Long enough to span a redelivery's delay; short enough that
+/// an old blip does not make an alert look poison in a later, real outage.
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
 
 /// Whether calls go through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,11 +159,17 @@ struct State {
     waiters: usize,
     /// Held messages that have not failed yet: they probe before any suspect.
     fresh_waiters: usize,
+    /// Held suspects in the order they take probes (tickets): the one that probed least
+    /// recently goes first, so no single failing alert keeps the probe to itself.
+    suspects: std::collections::VecDeque<u64>,
+    next_ticket: u64,
     released: bool,
     /// Calls answered (2xx, or an answer that is the alert's, not the service's) since start.
     successes: u64,
     /// Alerts that failed on their own account, oldest first ([`POISON_REMEMBERED`]).
     poison: std::collections::VecDeque<String>,
+    /// Alerts that failed: the successes counted then, and when ([`FAILURE_MEMORY`]).
+    failed: std::collections::HashMap<String, (u64, Instant)>,
 }
 
 impl State {
@@ -293,9 +305,12 @@ impl Gate {
             *s = State {
                 waiters: s.waiters,
                 fresh_waiters: s.fresh_waiters,
+                suspects: std::mem::take(&mut s.suspects),
+                next_ticket: s.next_ticket,
                 released: s.released,
                 successes: s.successes,
                 poison: std::mem::take(&mut s.poison),
+                failed: std::mem::take(&mut s.failed),
                 ..State::default()
             };
             return true;
@@ -309,6 +324,7 @@ impl Gate {
     /// already failed) probes only when no fresh message can (see the crate docs).
     pub async fn turn(&self, d: &impl Hold, suspect: bool) -> Turn {
         let mut counted = false;
+        let mut ticket = None;
         let mut next_progress = Instant::now() + PROGRESS_EVERY;
         let result = loop {
             let notified = self.inner.changed.notified();
@@ -337,14 +353,13 @@ impl Gate {
                         let due = s.next_try.is_none_or(|t| now >= t);
                         let fresh_first = suspect && s.fresh_waiters > 0;
                         let grace_over = s.next_try.is_none_or(|t| now >= t + SUSPECT_GRACE);
-                        let mine = !suspect || (!fresh_first && grace_over);
+                        let first_in_line =
+                            ticket.is_some() && s.suspects.front() == ticket.as_ref();
+                        let mine = !suspect || (!fresh_first && grace_over && first_in_line);
                         if due && !s.probing && mine {
                             s.probing = true;
                             if counted {
-                                s.waiters -= 1;
-                                if !suspect {
-                                    s.fresh_waiters -= 1;
-                                }
+                                Self::uncount(&mut s, suspect, ticket.take());
                                 counted = false;
                             }
                             drop(s);
@@ -354,7 +369,12 @@ impl Gate {
                         }
                         if !counted {
                             s.waiters += 1;
-                            if !suspect {
+                            if suspect {
+                                let t = s.next_ticket;
+                                s.next_ticket += 1;
+                                s.suspects.push_back(t);
+                                ticket = Some(t);
+                            } else {
                                 s.fresh_waiters += 1;
                             }
                             counted = true;
@@ -385,13 +405,20 @@ impl Gate {
             }
         };
         if counted {
-            let mut s = self.lock();
-            s.waiters -= 1;
-            if !suspect {
-                s.fresh_waiters -= 1;
-            }
+            Self::uncount(&mut self.lock(), suspect, ticket);
         }
         result
+    }
+
+    /// A held message leaves the waiters (its turn came, or it was released).
+    fn uncount(s: &mut State, suspect: bool, ticket: Option<u64>) {
+        s.waiters -= 1;
+        if !suspect {
+            s.fresh_waiters -= 1;
+        }
+        if let Some(t) = ticket {
+            s.suspects.retain(|x| *x != t);
+        }
     }
 
     /// Calls answered so far (see [`Gate::mark_poison`]).
@@ -412,6 +439,49 @@ impl Gate {
         s.poison.push_back(key.to_string());
         drop(s);
         tracing::info!(destination = %self.inner.name, alert.uuid = %key, "this alert fails where others succeed: its failures no longer count toward the circuit");
+    }
+
+    /// Notes a transient failure of alert `key`; true when it is the alert's own: it failed
+    /// before (within [`FAILURE_MEMORY`], in this delivery or an earlier one) and other calls
+    /// succeeded since. Then it is also marked poison ([`Gate::mark_poison`]).
+    pub fn failed_before(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let successes = s.successes;
+        let own = match s.failed.get(key) {
+            Some(&(seen, at)) if now.duration_since(at) < FAILURE_MEMORY => successes > seen,
+            _ => {
+                if s.failed.len() >= POISON_REMEMBERED {
+                    // Forget the expired, or else the oldest.
+                    s.failed
+                        .retain(|_, (_, at)| now.duration_since(*at) < FAILURE_MEMORY);
+                    if s.failed.len() >= POISON_REMEMBERED
+                        && let Some(oldest) = s
+                            .failed
+                            .iter()
+                            .min_by_key(|(_, (_, at))| *at)
+                            .map(|(k, _)| k.clone())
+                    {
+                        s.failed.remove(&oldest);
+                    }
+                }
+                s.failed.insert(key.to_string(), (successes, now));
+                false
+            }
+        };
+        drop(s);
+        if own {
+            self.mark_poison(key);
+        }
+        own
+    }
+
+    /// Alert `key`'s call succeeded: whatever was remembered of its failures is forgotten.
+    pub fn succeeded(&self, key: &str) {
+        let mut s = self.lock();
+        if s.failed.remove(key).is_some() {
+            s.poison.retain(|k| k != key);
+        }
     }
 
     /// Whether `key` was marked with [`Gate::mark_poison`].

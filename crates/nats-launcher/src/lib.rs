@@ -38,6 +38,8 @@ pub struct NatsServer {
     port: u16,
     binary: PathBuf,
     store: tempfile::TempDir,
+    /// A configuration file (`-c`), for settings without a flag such as `max_payload`.
+    config: Option<PathBuf>,
 }
 
 /// Finds the nats-server binary.
@@ -67,16 +69,32 @@ fn free_port() -> Result<u16, LaunchError> {
 impl NatsServer {
     /// Starts a server on a free port with a fresh store and waits until it accepts clients.
     pub fn start() -> Result<Self, LaunchError> {
+        Self::start_with_config("")
+    }
+
+    /// [`NatsServer::start`] with `config` (nats-server configuration lines, e.g.
+    /// `max_payload: 32KB`) in a file of its own; the flags for the address, port, JetStream
+    /// and store still apply.
+    pub fn start_with_config(config: &str) -> Result<Self, LaunchError> {
         let binary = find_binary()?;
         let store = tempfile::Builder::new()
             .prefix("alertsync-nats-")
             .tempdir()
             .map_err(|e| LaunchError::Start(format!("cannot create a store dir: {e}")))?;
+        let config = if config.is_empty() {
+            None
+        } else {
+            let path = store.path().join("server.conf");
+            std::fs::write(&path, config)
+                .map_err(|e| LaunchError::Start(format!("cannot write the config: {e}")))?;
+            Some(path)
+        };
         let mut server = Self {
             child: None,
             port: 0,
             binary,
             store,
+            config,
         };
         // A free port can be taken between our probe and the server's bind: try a few.
         let mut last = String::new();
@@ -92,6 +110,9 @@ impl NatsServer {
 
     fn spawn(&mut self) -> Result<(), LaunchError> {
         let mut cmd = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
         cmd.args([
             "-a",
             "127.0.0.1",

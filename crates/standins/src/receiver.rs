@@ -94,6 +94,8 @@ struct Inner {
     requests: Mutex<Vec<Recorded>>,
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     defaults: Mutex<HashMap<String, Reply>>,
+    /// Requests whose body contains the text get the reply, before any script.
+    by_content: Mutex<Vec<(String, Reply)>>,
     changed: Notify,
     callback: Mutex<Option<Callback>>,
 }
@@ -146,6 +148,16 @@ impl Receiver {
             .insert(path.to_string(), reply);
     }
 
+    /// Requests (to any path) whose body contains `needle` get `reply`, whatever else is
+    /// scripted: a destination that dislikes some alerts' content.
+    pub fn answer_when_body_has(&self, needle: &str, reply: Reply) {
+        self.inner
+            .by_content
+            .lock()
+            .unwrap()
+            .push((needle.to_string(), reply));
+    }
+
     /// Calls `f` on every request as it arrives (the demo prints them).
     pub fn on_request(&self, f: impl Fn(&Recorded) + Send + Sync + 'static) {
         *self.inner.callback.lock().unwrap() = Some(Box::new(f));
@@ -186,7 +198,16 @@ async fn record(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .await
         .unwrap_or_default();
     let path = parts.uri.path().to_string();
-    let reply = {
+    let by_content = inner
+        .by_content
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(needle, _)| body.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .map(|(_, reply)| reply.clone());
+    let reply = if let Some(reply) = by_content {
+        reply
+    } else {
         let scripted = inner
             .scripts
             .lock()

@@ -88,9 +88,8 @@ where
 {
     let (gate, policy) = (site.gate, site.policy);
     let attempt = d.attempt();
-    // Successes the gate had seen when this message first failed: a later failure after
-    // more successes is the alert's own.
-    let mut failed_at: Option<u64> = None;
+    // Whether this message failed already: it then waits for fresher messages to probe.
+    let mut failed = false;
     let dead = |class: DeadLetterClass, reason: String, status: Option<u16>| Outcome::DeadLetter {
         class,
         reason,
@@ -102,7 +101,7 @@ where
         Outcome::Retry { after }
     };
     loop {
-        let pass = match gate.turn(d, failed_at.is_some()).await {
+        let pass = match gate.turn(d, failed).await {
             Turn::Go(pass) => pass,
             Turn::Released => {
                 return Err(Outcome::Retry {
@@ -113,6 +112,9 @@ where
         match call().await {
             CallOutcome::Done(value) => {
                 pass.delivered();
+                if failed || gate.is_poison(alert_uuid) {
+                    gate.succeeded(alert_uuid);
+                }
                 return Ok(value);
             }
             CallOutcome::CredentialsRejected { status, reason } => {
@@ -137,12 +139,11 @@ where
                 retry_after,
                 reason,
             } => {
-                let own = gate.is_poison(alert_uuid)
-                    || failed_at.is_some_and(|seen| gate.successes() > seen);
-                if own {
-                    gate.mark_poison(alert_uuid);
+                // Remembered across deliveries: a poison alert comes back after its delay.
+                if !gate.is_poison(alert_uuid) {
+                    gate.failed_before(alert_uuid);
                 }
-                failed_at.get_or_insert_with(|| gate.successes());
+                failed = true;
                 if pass.failed(alert_uuid, status, &reason) {
                     // The circuit is open: hold the alert until a probe gets an answer.
                     continue;
