@@ -208,3 +208,41 @@ async fn dlq_says_clearly_when_nats_is_unreachable() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_undecodable_entry_is_listed_as_such_and_the_others_still_are() {
+    let dests = destination("soar", "/soar", MAIN_TEMPLATE);
+    let p = Pipeline::start(&dests).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&p, &dests, dir.path());
+    p.receiver.always("/soar", Reply::status(422).body("no"));
+    let forwarded = p.send_alert("rule", "title").await;
+    assert_eq!(p.wait_dead_letters(1, SOON).await.len(), 1);
+    // Something that is not a DeadLetter lands in the stream (another writer, a damaged copy).
+    let subject = p
+        .subjects()
+        .dead_letter(alertsync_proto::Stage::Forward, Some("soar"));
+    p.js.publish(subject, "\u{1}not a dead letter\u{ff}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let out = cli(&config, &["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&forwarded),
+        "the good entry is listed: {text}"
+    );
+    assert!(text.contains("UNDECODABLE"), "{text}");
+    assert!(stderr(&out).contains("1 undecodable"), "{}", stderr(&out));
+    let lines = list_json(&config);
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().any(|l| l["alert_uuid"] == forwarded.as_str()));
+    assert!(
+        lines.iter().any(|l| l["undecodable"].is_string()),
+        "{lines:?}"
+    );
+    p.shutdown().await;
+}

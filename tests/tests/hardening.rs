@@ -223,3 +223,34 @@ async fn an_alert_over_the_servers_max_payload_is_dead_lettered_too_large_at_onc
     assert!(p.wait_sent(&good).await, "a small alert still goes through");
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_alert_body_that_is_not_utf8_is_dead_lettered_once_at_the_enricher() {
+    let dests = destination("soar", "/soar", MAIN_TEMPLATE)
+        + &destination("intake", "/intake", INTAKE_TEMPLATE);
+    let p = Pipeline::start(&dests).await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let mut body = format!(r#"{{"uuid":"{uuid}","short_id":"ALbad","title":"bad "#).into_bytes();
+    body.extend_from_slice(b"\xff\xfe\"}");
+    p.sekoia.answer_raw(&uuid, body);
+    p.announce(&uuid).await;
+    let good = p.send_alert("rule", "good").await;
+    assert!(p.wait_sent(&good).await);
+    let dl = p.wait_dead_letters(1, SETTLE).await;
+    assert_eq!(dl.len(), 1, "one entry, not one per destination: {dl:?}");
+    assert_eq!(
+        (dl[0].stage.as_str(), dl[0].alert_uuid.as_str()),
+        ("enrich", uuid.as_str())
+    );
+    assert!(dl[0].reason.contains("not UTF-8"), "{}", dl[0].reason);
+    // Nothing more comes: the good alert reached both destinations, the bad one neither.
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().filter(|q| q.path == "/intake").count()
+                == 1)
+            .await
+    );
+    assert_eq!(p.dead_letters().await.len(), 1);
+    assert!(!uuids_in(&p.receiver.requests(), "alert_short_id").contains(&uuid));
+    p.shutdown().await;
+}

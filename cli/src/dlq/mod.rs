@@ -89,7 +89,8 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
     let dlq = Dlq::new(js, Subjects::new(&config.nats.prefix));
     match args.command {
         DlqCommand::List { destination, json } => {
-            let entries = dlq.list(destination.as_deref()).await?;
+            let listing = dlq.list(destination.as_deref()).await?;
+            let entries = listing.entries;
             if !json {
                 println!(
                     "{:>8}  {:<20}  {:<7}  {:<16}  {:<36}  {:>6}  {:>8}  REASON",
@@ -103,8 +104,34 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
                     println!("{}", entry_line(e, &config));
                 }
             }
+            for u in &listing.undecodable {
+                if json {
+                    let v = serde_json::json!({
+                        "sequence": u.sequence,
+                        "subject": u.subject,
+                        "stored_at": time_text(u.stored_at),
+                        "undecodable": u.reason,
+                    });
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{:>8}  {:<20}  UNDECODABLE ({}): {}",
+                        u.sequence,
+                        time_text(u.stored_at),
+                        u.subject,
+                        u.reason
+                    );
+                }
+            }
             if !json {
-                eprintln!("{} entries", entries.len());
+                eprintln!(
+                    "{} entries{}",
+                    entries.len(),
+                    match listing.undecodable.len() {
+                        0 => String::new(),
+                        n => format!(", {n} undecodable (not a dead letter; never replayed)"),
+                    }
+                );
             }
         }
         DlqCommand::Show { sequence } => {
@@ -324,7 +351,14 @@ async fn replay(
     destination: Option<&str>,
 ) -> anyhow::Result<()> {
     let entries = if all {
-        dlq.list(destination).await?
+        let listing = dlq.list(destination).await?;
+        if !listing.undecodable.is_empty() {
+            eprintln!(
+                "{} undecodable entries left in place (see `alertsync dlq list`)",
+                listing.undecodable.len()
+            );
+        }
+        listing.entries
     } else {
         let mut v = Vec::new();
         for seq in sequences {

@@ -98,6 +98,29 @@ pub struct Entry {
     pub letter: DeadLetter,
 }
 
+/// An entry of the dead-letter stream that is not a `DeadLetter` (written by something else, or
+/// damaged): listed as such, never replayed, never a reason to hide the others.
+#[derive(Debug, Clone)]
+pub struct Undecodable {
+    /// Its sequence in the DLQ stream.
+    pub sequence: u64,
+    /// The subject it was stored on.
+    pub subject: String,
+    /// When it was stored.
+    pub stored_at: SystemTime,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+/// What [`Dlq::list`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The entries, in stream order.
+    pub entries: Vec<Entry>,
+    /// The entries that could not be decoded, in stream order.
+    pub undecodable: Vec<Undecodable>,
+}
+
 /// Where a replay went.
 #[derive(Debug, Clone)]
 pub struct Replayed {
@@ -138,7 +161,7 @@ impl Dlq {
     }
 
     /// Every entry, oldest first; only those of `destination` when given.
-    pub async fn list(&self, destination: Option<&str>) -> Result<Vec<Entry>, DlqError> {
+    pub async fn list(&self, destination: Option<&str>) -> Result<Listing, DlqError> {
         let stream = self.stream().await?;
         let filter = match destination {
             Some(d) => self.subjects.dead_letter(Stage::Forward, Some(d)),
@@ -161,7 +184,7 @@ impl Dlq {
             .await
             .map_err(|e| nats("reading the dead-letter stream", e))?
             .num_pending;
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         while remaining > 0 {
             let mut batch = consumer
                 .fetch()
@@ -179,12 +202,21 @@ impl Dlq {
                 let stored_at = SystemTime::from(info.published);
                 remaining = info.pending;
                 got += 1;
-                out.push(Entry {
-                    sequence,
-                    subject: m.subject.to_string(),
-                    stored_at,
-                    letter: decode(sequence, &m.payload)?,
-                });
+                let subject = m.subject.to_string();
+                match DeadLetter::decode(m.payload.as_ref()) {
+                    Ok(letter) => out.entries.push(Entry {
+                        sequence,
+                        subject,
+                        stored_at,
+                        letter,
+                    }),
+                    Err(e) => out.undecodable.push(Undecodable {
+                        sequence,
+                        subject,
+                        stored_at,
+                        reason: e.to_string(),
+                    }),
+                }
             }
             if got == 0 {
                 break;
@@ -292,9 +324,19 @@ impl Dlq {
                     .unwrap_or(SystemTime::UNIX_EPOCH);
                 // Entries are stored in time order: purge everything before the first one that
                 // is recent enough.
-                let entries = self.list(None).await?;
-                match entries.iter().find(|e| e.stored_at >= cutoff) {
-                    Some(first_kept) => stream.purge().sequence(first_kept.sequence).await,
+                let listing = self.list(None).await?;
+                let entries = listing.entries.iter().map(|e| (e.sequence, e.stored_at));
+                let others = listing
+                    .undecodable
+                    .iter()
+                    .map(|u| (u.sequence, u.stored_at));
+                let first_kept = entries
+                    .chain(others)
+                    .filter(|(_, at)| *at >= cutoff)
+                    .map(|(sequence, _)| sequence)
+                    .min();
+                match first_kept {
+                    Some(sequence) => stream.purge().sequence(sequence).await,
                     None => stream.purge().await,
                 }
             }

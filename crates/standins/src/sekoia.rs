@@ -34,6 +34,8 @@ struct Inner {
     /// Uuids in insertion order (ties in `created_at` list in this order).
     order: Mutex<Vec<String>>,
     scripts: Mutex<HashMap<String, VecDeque<u16>>>,
+    /// Get Alert bodies given as bytes (not necessarily JSON, not necessarily UTF-8).
+    raw: Mutex<HashMap<String, Vec<u8>>>,
     list_script: Mutex<VecDeque<u16>>,
     /// While set, every Get Alert answers this status (an outage).
     outage: Mutex<Option<u16>>,
@@ -55,6 +57,7 @@ impl Default for Inner {
             alerts: Default::default(),
             order: Default::default(),
             scripts: Default::default(),
+            raw: Default::default(),
             list_script: Default::default(),
             outage: Default::default(),
             get_calls: Default::default(),
@@ -170,6 +173,15 @@ impl FakeSekoia {
             .insert(uuid.to_string(), statuses.iter().copied().collect());
     }
 
+    /// Get Alert for `uuid` answers 200 with `body` as it is (a garbled or hostile answer).
+    pub fn answer_raw(&self, uuid: &str, body: Vec<u8>) {
+        self.inner
+            .raw
+            .lock()
+            .unwrap()
+            .insert(uuid.to_string(), body);
+    }
+
     /// While `Some(status)`, every Get Alert answers `status` (an outage of Sekoia's API);
     /// `None` ends it.
     pub fn outage(&self, status: Option<u16>) {
@@ -243,6 +255,13 @@ async fn get_alert(
     if let Some(status) = scripted {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return message(status, "scripted answer");
+    }
+    if let Some(body) = inner.raw.lock().unwrap().get(&uuid).cloned() {
+        return (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
     }
     let found = inner.alerts.lock().unwrap().get(&uuid).cloned();
     match found {

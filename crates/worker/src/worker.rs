@@ -16,7 +16,7 @@
 //!   dead-letter publish fails the message is NAKed instead: never dropped.
 //!
 //! A worker may have a [`Gate`]: while it is closed the loop pulls nothing (or one message
-//! when a probe is due and no held message can make it), see [`crate::gate`].
+//! when a probe is due and no held message can make it), see `alertsync_gate`.
 //!
 //! Each [`Delivery`] says whether it can have been delivered before, by this consumer or by an
 //! earlier one of the same name ([`Delivery::first_ever`]): handlers may skip a check that
