@@ -259,7 +259,7 @@ async fn check_destinations(config: &Config, report: &mut Report) {
         let check = format!("destination {}", d.name);
         // Only scheme, host, port and path: the query and user info may hold credentials,
         // and the URL itself is never printed.
-        let mut url = d.url.clone();
+        let mut url = d.url.reachability_url();
         url.set_query(None);
         url.set_fragment(None);
         let _ = url.set_username("");

@@ -4,6 +4,8 @@
 //! every few seconds and announces it to the ingest webhook (as the LiveAPI would), the three
 //! services, and a receiver that prints every request it gets. Two destinations run the seed
 //! playbook's two templates: the main one (`/soar`) and the Bonus Sekoia intake one (`/intake`).
+//! Once the SOAR has an alert (it answers with a ticket id), an analyst acknowledges the alert
+//! in the fake Sekoia and comments on it: the SOAR gets a PATCH of its ticket and the comment.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +63,17 @@ url = "{receiver}/soar"
 method = "post"
 headers = {{ Authorization = "Bearer ${{SOAR_API_KEY}}" }}
 json = '''{{"alert_short_id":"{{{{ node.0['alert_uuid'] }}}}", "rule_name":"{{{{ node.1['rule']['name'] }}}}","rule_severity":"{{{{ node.1['rule']['severity'] }}}}","description":"This is a description"}}'''
+# The SOAR answers each creation with its own id: later requests go to that ticket.
+remote_id = "{{{{ response.json.id }}}}"
+[destinations.on_update]
+method = "patch"
+url = "{receiver}/soar/{{{{ remote.id }}}}"
+json = '''{{"status": "{{{{ alert.status.name }}}}", "urgency": "{{{{ alert.urgency.current_value }}}}"}}'''
+changes = ["status"]
+[destinations.on_comment]
+method = "post"
+url = "{receiver}/soar/{{{{ remote.id }}}}/comments"
+json = '''{{"message": "{{{{ comment.content }}}}", "author": "{{{{ comment.author }}}}"}}'''
 
 [[destinations]]
 name = "intake"
@@ -79,6 +92,62 @@ fn demo_env(name: &str) -> Option<String> {
         "SOAR_API_KEY" => Some(SOAR_KEY.into()),
         "SEKOIA_INTAKE_KEY" => Some(INTAKE_KEY.into()),
         _ => None,
+    }
+}
+
+/// The demo's analyst: for each alert the SOAR has, acknowledges it in the fake Sekoia and
+/// comments on it, each change announced to the webhook as the LiveAPI would.
+async fn analyst(
+    sekoia: FakeSekoia,
+    webhook: String,
+    mut alerts: tokio::sync::mpsc::UnboundedReceiver<String>,
+    shutdown: CancellationToken,
+) {
+    let client = alertsync_http::client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client without custom TLS settings builds");
+    loop {
+        let uuid = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = alerts.recv() => match next {
+                Some(uuid) => uuid,
+                None => return,
+            },
+        };
+        // Sekoia's times are whole seconds: the change lands in a later second than the
+        // creation, as an analyst's would.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let Some(alert) = sekoia.alert(&uuid) else {
+            continue;
+        };
+        let short_id = alert["short_id"].as_str().unwrap_or_default().to_string();
+        let ack = sekoia.set_status_quietly(&uuid, "Acknowledged");
+        println!("[sekoia]   alert {short_id} acknowledged by an analyst");
+        post(&client, &webhook, &ack).await;
+        let comment = sekoia.add_comment_quietly(
+            &uuid,
+            "Looking into it: \"suspicious\" logon",
+            "Jane Analyst",
+        );
+        println!("[sekoia]   alert {short_id} commented by an analyst");
+        post(&client, &webhook, &comment).await;
+    }
+}
+
+/// Announces `notification` to the ingest webhook.
+async fn post(client: &reqwest::Client, webhook: &str, notification: &serde_json::Value) {
+    let sent = client
+        .post(webhook)
+        .bearer_auth(WEBHOOK_TOKEN)
+        .json(notification)
+        .send()
+        .await;
+    if let Err(e) = sent {
+        println!(
+            "[sekoia]   webhook unreachable: {}",
+            alertsync_http::describe_error(&e)
+        );
     }
 }
 
@@ -101,9 +170,24 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let delivered = Arc::new(AtomicUsize::new(0));
     let redactor = config.redactor.clone();
     let counter = delivered.clone();
+    // The SOAR's ticket ids, one per alert.
+    let tickets = Arc::new(AtomicUsize::new(0));
+    receiver.respond_with("/soar", move |_| {
+        let n = tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        alertsync_standins::Reply::status(201).body(&format!("{{\"id\": \"SOAR-{n}\"}}"))
+    });
+    let (follow_tx, follow_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     receiver.on_request(move |r| {
         if r.path == "/intake" {
             counter.fetch_add(1, Ordering::SeqCst);
+        }
+        if r.path == "/soar"
+            && r.status == 201
+            && let Some(uuid) = r
+                .json()
+                .and_then(|j| j["alert_short_id"].as_str().map(str::to_string))
+        {
+            let _ = follow_tx.send(uuid);
         }
         let key = r.header("idempotency-key").unwrap_or("-");
         println!(
@@ -149,6 +233,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops.\n");
 
+    let analyst = tokio::spawn(analyst(
+        sekoia.clone(),
+        webhook.clone(),
+        follow_rx,
+        shutdown.clone(),
+    ));
     let generator = tokio::spawn(crate::standins::generate(
         sekoia.clone(),
         webhook,
@@ -160,7 +250,22 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let deadline =
             tokio::time::Instant::now() + args.every * (n as u32) + Duration::from_secs(60);
         loop {
-            if delivered.load(Ordering::SeqCst) >= n && receiver.requests_to("/soar").len() >= n {
+            let followed = |method: &str, comments: bool| {
+                receiver
+                    .requests()
+                    .iter()
+                    .filter(|r| {
+                        r.method == method
+                            && r.path.starts_with("/soar/")
+                            && r.path.ends_with("/comments") == comments
+                    })
+                    .count()
+            };
+            if delivered.load(Ordering::SeqCst) >= n
+                && receiver.requests_to("/soar").len() >= n
+                && followed("PATCH", false) >= n
+                && followed("POST", true) >= n
+            {
                 break;
             }
             if shutdown.is_cancelled() {
@@ -173,11 +278,15 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        println!("\n{n} alerts delivered to both destinations; stopping.");
+        println!(
+            "\n{n} alerts delivered to both destinations, then acknowledged and commented in \
+             the SOAR; stopping."
+        );
         shutdown.cancel();
     }
     shutdown.cancelled().await;
     let _ = generator.await;
+    let _ = analyst.await;
     while let Some(r) = services.join_next().await {
         r??;
     }

@@ -43,6 +43,27 @@ pub struct RenderArgs {
     /// Fetch this alert from Sekoia (uses `[sekoia]` of the config, needs its API key).
     #[arg(long)]
     alert_uuid: Option<String>,
+    /// Which request: the creation (`created`), `[destinations.on_update]` (`updated`) or
+    /// `[destinations.on_comment]` (`comment`).
+    #[arg(long, value_enum, default_value = "created")]
+    event: EventArg,
+    /// The tool's id for the alert that `updated` and `comment` requests see as `remote.id`.
+    #[arg(long, default_value = "REMOTE-ID")]
+    remote_id: String,
+    /// The comment text a `comment` request sees as `comment.content`.
+    #[arg(long, default_value = "Sample comment from Sekoia")]
+    comment: String,
+}
+
+/// `--event`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EventArg {
+    /// The creation request.
+    Created,
+    /// `on_update`.
+    Updated,
+    /// `on_comment`.
+    Comment,
 }
 
 /// Renders and prints the request.
@@ -97,8 +118,14 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
             args.destination
         );
     }
-    let ctx = alertsync_template::Context::new(&alert);
-    let rendered = destination.render(&ctx, &uuid).map_err(|reason| {
+    let rendered = match args.event {
+        EventArg::Created => {
+            let ctx = alertsync_template::Context::new(&alert);
+            destination.render(&ctx, &uuid)
+        }
+        EventArg::Updated | EventArg::Comment => render_later(&args, &destination, &alert, &uuid)?,
+    };
+    let rendered = rendered.map_err(|reason| {
         anyhow::anyhow!(
             "destination {:?} cannot render this alert: {reason} (the forwarder would \
              dead-letter it; fix the template in destinations[{}])",
@@ -108,6 +135,63 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
     })?;
     print!("{}", format_request(&rendered, &config.redactor));
     Ok(())
+}
+
+/// The `on_update` / `on_comment` request for `alert`, with sample values for `remote` and
+/// `comment` (taken from the alert's newest comment when it has one, else `--comment`).
+fn render_later(
+    args: &RenderArgs,
+    destination: &alertsync_forwarder::Destination,
+    alert: &serde_json::Value,
+    uuid: &str,
+) -> anyhow::Result<Result<Rendered, String>> {
+    use alertsync_proto::v1;
+    let (kind, template, field) = if args.event == EventArg::Updated {
+        (
+            v1::EventKind::Updated,
+            destination.on_update.as_ref(),
+            "on_update",
+        )
+    } else {
+        (
+            v1::EventKind::Comment,
+            destination.on_comment.as_ref(),
+            "on_comment",
+        )
+    };
+    let Some(template) = template else {
+        bail!(
+            "destination {:?} has no [destinations.{field}]: it ignores {} events",
+            args.destination,
+            kind.label()
+        );
+    };
+    let comment = (kind == v1::EventKind::Comment).then(|| v1::Comment {
+        uuid: "00000000-0000-4000-8000-00000000c0de".into(),
+        content: args.comment.clone(),
+        author: "analyst".into(),
+        created_by: "00000000-0000-4000-8000-000000000a11".into(),
+        created_by_type: "user".into(),
+        date: alert
+            .get("updated_at")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0),
+    });
+    let updated = serde_json::json!({
+        "status": alert.pointer("/status/uuid"),
+        "status_name": alert.pointer("/status/name"),
+    });
+    let raw = alertsync_template::RawAlert::from_json(alert);
+    let ctx = alertsync_forwarder::later::later_context(
+        &raw,
+        kind,
+        &updated,
+        comment.as_ref(),
+        Some(&args.remote_id),
+        None,
+    );
+    let key = format!("{uuid}:{}:{}", destination.name, kind.label());
+    Ok(destination.render_later(template, &ctx, &key))
 }
 
 /// The config field of the enricher's (the Alert Created trigger's) filter that would stop

@@ -27,6 +27,22 @@ fn the_demo_delivers_alerts_to_both_destinations_and_stops_cleanly() {
         .filter(|l| l.contains("POST /intake"))
         .collect();
     assert!(soar.len() >= 3 && intake.len() >= 3, "{stdout}");
+    // Each alert, acknowledged and commented in Sekoia, reaches the SOAR's ticket as a PATCH
+    // and a comment, at the ticket the SOAR answered the creation with.
+    let patches = stdout
+        .lines()
+        .filter(|l| l.contains("PATCH /soar/SOAR-"))
+        .count();
+    let comments = stdout
+        .lines()
+        .filter(|l| l.contains("POST /soar/SOAR-") && l.contains("/comments"))
+        .count();
+    assert!(patches >= 3 && comments >= 3, "{stdout}");
+    assert!(
+        stdout.contains("\"status\":\"Acknowledged\"")
+            || stdout.contains("\"status\": \"Acknowledged\""),
+        "{stdout}"
+    );
     // Every printed body is valid JSON, including the alert whose rule name holds quotes.
     let bodies: Vec<serde_json::Value> = stdout
         .lines()
@@ -34,5 +50,5 @@ fn the_demo_delivers_alerts_to_both_destinations_and_stops_cleanly() {
         .map(|l| serde_json::from_str(l.trim()).expect("printed body is JSON"))
         .collect();
     assert!(bodies.len() >= 6, "{stdout}");
-    assert!(stdout.contains("3 alerts delivered to both destinations"));
+    assert!(stdout.contains("3 alerts delivered to both destinations, then acknowledged"));
 }

@@ -221,9 +221,9 @@ async fn the_printed_request_is_the_request_the_forwarder_sends() {
         assert_eq!(code, Some(0), "{stderr}");
 
         let request = dest.render(&ctx, FIXTURE_UUID).unwrap();
-        let attempt = dest.send(&request).await;
+        let attempt = dest.send(&request, false).await;
         assert!(
-            matches!(attempt, alertsync_http::CallOutcome::Done(200)),
+            matches!(attempt, alertsync_http::CallOutcome::Done(ref a) if a.status == 200),
             "{attempt:?}"
         );
         let got = receiver
@@ -326,9 +326,9 @@ async fn deliveries_to_a_destination_answering_with_a_body_reuse_one_connection(
         .render(&alertsync_template::Context::new(&alert), FIXTURE_UUID)
         .unwrap();
     for _ in 0..4 {
-        let attempt = dest.send(&request).await;
+        let attempt = dest.send(&request, false).await;
         assert!(
-            matches!(attempt, alertsync_http::CallOutcome::Done(201)),
+            matches!(attempt, alertsync_http::CallOutcome::Done(ref a) if a.status == 201),
             "{attempt:?}"
         );
     }
@@ -343,4 +343,96 @@ async fn deliveries_to_a_destination_answering_with_a_body_reuse_one_connection(
         peers.iter().all(|p| *p == peers[0]),
         "one connection for all deliveries, got {peers:?}"
     );
+}
+
+/// The example config with the commented lifecycle lines of its `soar` destination on.
+fn lifecycle_config() -> String {
+    example_config()
+        .edit(
+            "# remote_id = \"{{ response.json.id }}\"\n# [destinations.on_update]\n# method = \"patch\"\n# url = \"https://soar.example/api/alerts/{{ remote.id }}\"",
+            "remote_id = \"{{ response.json.id }}\"\n[destinations.on_update]\nmethod = \"patch\"\nurl = \"https://soar.example/api/alerts/{{ remote.id }}\"",
+        )
+        .edit(
+            "# json = '''{\"status\": \"{{ alert.status.name }}\"",
+            "json = '''{\"status\": \"{{ alert.status.name }}\"",
+        )
+        .edit("# changes = [\"status\"]", "changes = [\"status\"]")
+        .edit(
+            "# [destinations.on_comment]\n# url = ",
+            "[destinations.on_comment]\nurl = ",
+        )
+        .edit(
+            "# json = '''{\"message\"",
+            "json = '''{\"message\"",
+        )
+}
+
+#[tokio::test]
+async fn render_prints_the_update_and_comment_requests_with_sample_values() {
+    let config = lifecycle_config();
+    let fixture = fixture();
+    let fixture = fixture.to_str().unwrap();
+    let (code, out, err) = render(
+        &config,
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture,
+            "--event",
+            "updated",
+            "--remote-id",
+            "T 1/x",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let first = out.lines().next().unwrap();
+    assert_eq!(
+        first, "PATCH https://soar.example/api/alerts/T%201%2Fx",
+        "{out}"
+    );
+    assert!(out.contains("authorization: [REDACTED]"), "{out}");
+    let body: serde_json::Value =
+        serde_json::from_str(out.split("\n\n").nth(1).unwrap().trim()).unwrap();
+    assert!(body["status"].is_string(), "{out}");
+
+    let (code, out, err) = render(
+        &config,
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture,
+            "--event",
+            "comment",
+            "--comment",
+            "he said \"{{ 7*7 }}\"\r\nX-Evil: 1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("POST https://soar.example/api/alerts/REMOTE-ID/comments"),
+        "{out}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(out.split("\n\n").nth(1).unwrap().trim()).unwrap();
+    assert_eq!(body["message"], "he said \"{{ 7*7 }}\"\r\nX-Evil: 1");
+
+    // A destination without the request says so.
+    let (code, _, err) = render(
+        &example_config(),
+        &[
+            "--destination",
+            "soar",
+            "--alert",
+            fixture,
+            "--event",
+            "updated",
+        ],
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("has no [destinations.on_update]"), "{err}");
 }

@@ -1,7 +1,8 @@
 //! Protobuf messages of the alertsync pipeline (package `alertsync.v1`), generated at build time
 //! from `proto/alertsync/v1/messages.proto` by prost.
 //!
-//! - [`v1::AlertCreated`]: ingest → enricher.
+//! - [`v1::AlertNotification`]: ingest → enricher: an alert created, updated or commented
+//!   ([`v1::EventKind`]).
 //! - [`v1::EnrichedAlert`]: enricher → forwarder, carries the raw Get Alert JSON.
 //! - [`v1::DeadLetter`]: any stage → the dead-letter stream.
 //!
@@ -17,6 +18,18 @@ pub use protocol::{DeadLetterClass, Stage};
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/alertsync.v1.rs"));
+}
+
+impl v1::EventKind {
+    /// Short, bounded name of the kind, for metric labels, spans, records and templates
+    /// (`event.kind`): `created`, `updated`, `comment`.
+    pub fn label(self) -> &'static str {
+        match self {
+            v1::EventKind::Created => "created",
+            v1::EventKind::Updated => "updated",
+            v1::EventKind::Comment => "comment",
+        }
+    }
 }
 
 pub use prost::Message;
@@ -70,13 +83,14 @@ mod tests {
     fn enriched_alert_round_trips_with_the_raw_json_untouched() {
         let raw = br#"{"uuid":"x","rule":{"name":"a \"quoted\" name"}}"#.to_vec();
         let msg = EnrichedAlert {
-            created: Some(AlertCreated {
+            created: Some(AlertNotification {
                 alert_uuid: "3b1f6c2e-8d4a-4f0b-9e37-5a2c7d91e604".into(),
                 source: Source::Webhook as i32,
                 ..Default::default()
             }),
             alert_json: raw.clone().into(),
             fetched_at: Some(super::time::now()),
+            ..Default::default()
         };
         let back = EnrichedAlert::decode(msg.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back.alert_json, raw);

@@ -439,14 +439,14 @@ async fn poison_on_every_subject_is_dead_lettered_with_reasons_while_alerts_keep
     let sender = p.send(ALERTS, 100);
     let s = p.subjects();
     let not_json = v1::EnrichedAlert {
-        created: Some(v1::AlertCreated {
+        created: Some(v1::AlertNotification {
             alert_uuid: uuid::Uuid::new_v4().to_string(),
             ..Default::default()
         }),
         alert_json: b"{not json".to_vec().into(),
-        fetched_at: None,
+        ..Default::default()
     };
-    let bad_uuid = v1::AlertCreated {
+    let bad_uuid = v1::AlertNotification {
         alert_uuid: "../../etc/passwd".into(),
         ..Default::default()
     };

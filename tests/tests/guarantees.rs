@@ -80,7 +80,7 @@ async fn an_alert_whose_message_comes_back_after_delivery_is_not_sent_again() {
         })
         .await
     );
-    let created_again = v1::AlertCreated {
+    let created_again = v1::AlertNotification {
         alert_uuid: uuid.clone(),
         source: v1::Source::Webhook as i32,
         ..Default::default()
@@ -107,7 +107,7 @@ async fn an_alert_whose_message_comes_back_after_delivery_is_not_sent_again() {
     );
     assert!(
         !is_marked_only(&stream.get_raw_message(second).await.unwrap()),
-        "a second EnrichedAlert (its AlertCreated was not on the alert's own subject) is not \
+        "a second EnrichedAlert (its AlertNotification was not on the alert's own subject) is not \
          marked as the only one"
     );
     assert!(

@@ -256,14 +256,14 @@ async fn one_trace_per_alert_spans_every_service_and_reaches_the_destination() {
     assert_eq!(
         metric(
             &metrics[0],
-            "alertsync_alerts_received_total{source=\"webhook\"}"
+            "alertsync_alerts_received_total{source=\"webhook\",kind=\"created\"}"
         ),
         3.0
     );
     assert_eq!(
         metric(
             &metrics[0],
-            "alertsync_alerts_published_total{source=\"webhook\"}"
+            "alertsync_alerts_published_total{source=\"webhook\",kind=\"created\"}"
         ),
         3.0
     );
@@ -276,7 +276,7 @@ async fn one_trace_per_alert_spans_every_service_and_reaches_the_destination() {
     assert!(
         eventually(SOON, || async {
             let m = forwarder_metrics().await;
-            metric(&m, "alertsync_deliveries_total{destination=\"soar\",outcome=\"delivered\"}") == 3.0
+            metric(&m, "alertsync_deliveries_total{destination=\"soar\",outcome=\"delivered\",kind=\"created\"}") == 3.0
                 && metric(&m, "alertsync_retries_total{stage=\"forward\",destination=\"soar\"}") == 1.0
                 && metric(&m, "alertsync_dead_lettered_total{stage=\"forward\",destination=\"strict\",reason=\"http_4xx\"}") == 3.0
                 && metric(&m, "alertsync_created_to_delivered_seconds_count{destination=\"soar\"}") == 3.0

@@ -344,7 +344,7 @@ async fn an_alert_published_before_the_duplicate_window_is_still_a_duplicate() {
     // Published long ago, as far as JetStream's duplicate window knows: on the alert's subject
     // but without the message id the window matches, so only the created stream's own record
     // of the alert can recognise a second sighting.
-    let old = alertsync_proto::v1::AlertCreated {
+    let old = alertsync_proto::v1::AlertNotification {
         alert_uuid: uuid.clone(),
         source: alertsync_proto::v1::Source::Poll as i32,
         ..Default::default()

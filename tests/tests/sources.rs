@@ -58,13 +58,16 @@ async fn an_alert_announced_on_the_socket_is_delivered_once() {
     assert_eq!(deliveries(&p, "/soar"), HashMap::from([(uuid, 1)]));
     let (_, metrics) = get_text(&p.ingest_url("/metrics")).await;
     assert_eq!(
-        metric(&metrics, "alertsync_alerts_received_total{source=\"live\"}"),
+        metric(
+            &metrics,
+            "alertsync_alerts_received_total{source=\"live\",kind=\"created\"}"
+        ),
         1.0
     );
     assert_eq!(
         metric(
             &metrics,
-            "alertsync_alerts_published_total{source=\"live\"}"
+            "alertsync_alerts_published_total{source=\"live\",kind=\"created\"}"
         ),
         1.0
     );
@@ -124,7 +127,7 @@ async fn alerts_created_while_the_socket_is_down_are_caught_up_by_the_poller_onc
     assert_eq!(
         metric(
             &metrics,
-            "alertsync_alerts_published_total{source=\"poll\"}"
+            "alertsync_alerts_published_total{source=\"poll\",kind=\"created\"}"
         ),
         50.0
     );
@@ -154,7 +157,7 @@ async fn the_same_alert_from_socket_poller_and_webhook_is_delivered_once() {
         .map(|s| {
             metric(
                 &metrics,
-                &format!("alertsync_duplicates_dropped_total{{source=\"{s}\"}}"),
+                &format!("alertsync_duplicates_dropped_total{{source=\"{s}\",kind=\"created\"}}"),
             )
         })
         .sum();
@@ -275,9 +278,17 @@ async fn garbage_v1_and_other_socket_messages_are_skipped_and_counted() {
     assert_eq!(
         metric(
             &m,
-            "alertsync_live_messages_skipped_total{reason=\"not_alert_created\"}"
+            "alertsync_live_messages_skipped_total{reason=\"not_alert_notification\"}"
         ),
-        2.0
+        1.0
+    );
+    // An update, with no destination asking for updates: taken off the socket, not published.
+    assert_eq!(
+        metric(
+            &m,
+            "alertsync_alerts_filtered_total{stage=\"ingest\",destination=\"\",filter=\"kind\"}"
+        ),
+        1.0
     );
     assert_eq!(
         metric(

@@ -254,11 +254,11 @@ fn show(e: &Entry, config: &Config, full: anyhow::Result<Config>) -> String {
     match alertsync_proto::Stage::from_token(&l.stage) {
         Some(alertsync_proto::Stage::Forward) => out.push_str(&forward_request(l, full)),
         Some(alertsync_proto::Stage::Enrich) => {
-            match v1::AlertCreated::decode(l.original_payload.as_slice()) {
+            match v1::AlertNotification::decode(l.original_payload.as_slice()) {
                 Ok(c) => {
                     let _ = writeln!(
                         out,
-                        "AlertCreated: alert {} (short id {:?}, community {:?}, source {:?})",
+                        "AlertNotification: alert {} (short id {:?}, community {:?}, source {:?})",
                         c.alert_uuid,
                         c.short_id,
                         c.community_uuid,
@@ -271,7 +271,7 @@ fn show(e: &Entry, config: &Config, full: anyhow::Result<Config>) -> String {
                     );
                 }
                 Err(err) => {
-                    let _ = writeln!(out, "The payload is not an AlertCreated ({err}).");
+                    let _ = writeln!(out, "The payload is not an AlertNotification ({err}).");
                     let _ = writeln!(out, "{}", preview(&l.original_payload));
                 }
             }

@@ -38,6 +38,99 @@ pub struct EnricherConfig {
     /// The trigger's `rule_names_filter`: only alerts whose rule name is in this list (exact,
     /// case-sensitive) are forwarded. With `rule_filter` too, both must pass.
     pub rule_names_filter: Vec<String>,
+    /// `[enricher.events]`: attach the alert's events (Sekoia's events search job). Absent:
+    /// no search.
+    pub events: Option<EventsConfig>,
+}
+
+/// `[enricher.events]`: the events search run for every alert.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events attached per alert (pages of at most 100 are followed). Default 100.
+    pub limit: usize,
+    /// Start of the search: a relative time (`-1d`, `-6h`) or `first_seen` (the alert's
+    /// `first_seen_at`). Default `-1d`.
+    pub earliest: String,
+    /// End of the search: `now`, a relative time, or `last_seen` (the alert's
+    /// `last_seen_at`). Default `now`.
+    pub latest: String,
+    /// Longest the whole search may take (start, wait, pages). Default 2m.
+    pub timeout: HumanDuration,
+    /// What a failed or slow search does: `deliver` (without events: templates see
+    /// `events = []` and `events_error`) or `retry` (the alert is retried, then
+    /// dead-lettered). Default `deliver`.
+    pub on_failure: OnFailure,
+}
+
+/// `enricher.events.on_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Deliver without the events, saying why.
+    #[default]
+    Deliver,
+    /// Retry the alert, then dead-letter it.
+    Retry,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            limit: 100,
+            earliest: "-1d".into(),
+            latest: "now".into(),
+            timeout: HumanDuration::secs(120),
+            on_failure: OnFailure::Deliver,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Largest `limit`: the events travel inside the enriched alert.
+    pub const MAX_LIMIT: usize = 10_000;
+
+    fn check(&self, problems: &mut Vec<String>) {
+        if self.limit == 0 || self.limit > Self::MAX_LIMIT {
+            problems.push(format!(
+                "enricher.events.limit: must be 1 to {}",
+                Self::MAX_LIMIT
+            ));
+        }
+        if !is_search_time(&self.earliest, "first_seen") {
+            problems.push(
+                "enricher.events.earliest: must be a relative time such as \"-1d\", \"now\" \
+                 or \"first_seen\""
+                    .into(),
+            );
+        }
+        if !is_search_time(&self.latest, "last_seen") {
+            problems.push(
+                "enricher.events.latest: must be \"now\", a relative time such as \"-1h\" \
+                 or \"last_seen\""
+                    .into(),
+            );
+        }
+        if self.timeout.get().is_zero() {
+            problems.push("enricher.events.timeout: must be more than 0".into());
+        }
+    }
+}
+
+/// `now`, the alert's own time named `alert_time`, or a relative time Sekoia's search takes:
+/// `-<n><unit>` with unit s, m, h, d, w.
+fn is_search_time(s: &str, alert_time: &str) -> bool {
+    if s == "now" || s == alert_time {
+        return true;
+    }
+    let Some(rest) = s.strip_prefix('-') else {
+        return false;
+    };
+    let (digits, unit) = rest.split_at(rest.len().saturating_sub(1));
+    !digits.is_empty()
+        && digits.len() <= 6
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && matches!(unit, "s" | "m" | "h" | "d" | "w")
 }
 
 impl Default for EnricherConfig {
@@ -52,6 +145,7 @@ impl Default for EnricherConfig {
             probe_max_delay: HumanDuration::secs(300),
             rule_filter: None,
             rule_names_filter: Vec::new(),
+            events: None,
         }
     }
 }
@@ -65,6 +159,9 @@ impl EnricherConfig {
             problems.push("enricher.not_found_attempts: must be at least 1".into());
         }
         self.retry.check("enricher.retry", problems);
+        if let Some(events) = &self.events {
+            events.check(problems);
+        }
         check_circuit(
             "enricher",
             self.probe_base_delay,

@@ -25,6 +25,10 @@ pub struct ForwarderConfig {
     /// Transient failures in a row (5xx, timeouts, connection errors) that open a
     /// destination's circuit: it stops getting requests except for the probes. Default 5.
     pub circuit_failures: u32,
+    /// How long an update or comment waits for its alert's creation to be delivered to a
+    /// destination (the creation is still being retried, or still on its way) before it is
+    /// dead-lettered, replayable. Default 1d.
+    pub creation_wait: HumanDuration,
 }
 
 impl Default for ForwarderConfig {
@@ -35,6 +39,7 @@ impl Default for ForwarderConfig {
             probe_base_delay: HumanDuration::secs(5),
             probe_max_delay: HumanDuration::secs(300),
             circuit_failures: 5,
+            creation_wait: HumanDuration::secs(86400),
         }
     }
 }
@@ -48,6 +53,9 @@ impl ForwarderConfig {
                  (an alert redelivered after its record expired would be sent again)"
                     .into(),
             );
+        }
+        if self.creation_wait.get().is_zero() {
+            problems.push("forwarder.creation_wait: must be more than 0".into());
         }
         check_circuit(
             "forwarder",

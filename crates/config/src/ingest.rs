@@ -48,6 +48,11 @@ pub struct IngestConfig {
     /// limit. Default 1024.
     #[serde(default = "listener_connections")]
     pub webhook_max_connections: usize,
+    /// The notification kinds taken: `alert-created`, `alert-updated`,
+    /// `alert-comment-created`. Default: creations, plus the kinds some destination asks for
+    /// (`on_update`, `on_comment`): see [`crate::Config::ingest_kinds`].
+    #[serde(default)]
+    pub events: Option<Vec<EventKindName>>,
     /// Removed: an alert uuid is remembered as published for as long as the created stream
     /// keeps the alert (`nats.stream_max_age`). Accepted only to name it in a startup error.
     #[serde(default)]
@@ -89,6 +94,20 @@ impl IngestConfig {
                 .push("ingest.live_idle_timeout: must be at least 25s (pings go every 20s)".into());
         }
     }
+}
+
+/// A notification kind as `ingest.events` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum EventKindName {
+    /// `alert:created`.
+    #[serde(rename = "alert-created")]
+    Created,
+    /// `alert:updated`.
+    #[serde(rename = "alert-updated")]
+    Updated,
+    /// `alert-comment:created`.
+    #[serde(rename = "alert-comment-created")]
+    Comment,
 }
 
 /// The default of `webhook_max_connections`.

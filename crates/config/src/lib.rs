@@ -33,12 +33,15 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use destinations::{DestinationConfig, DestinationFilter, Method, is_credential_header};
+pub use destinations::{
+    Change, DestinationConfig, DestinationFilter, LaterRequest, Method, UrlTemplate,
+    is_credential_header,
+};
 pub use duration::HumanDuration;
-pub use enricher::EnricherConfig;
+pub use enricher::{EnricherConfig, EventsConfig, OnFailure};
 pub use fields::IN_FLIGHT;
 pub use forwarder::ForwarderConfig;
-pub use ingest::IngestConfig;
+pub use ingest::{EventKindName, IngestConfig};
 pub use interpolate::{TEMPLATE_VALUES, TemplateValues};
 pub use nats::NatsConfig;
 pub use redact::{REDACTED, Redactor};
@@ -227,6 +230,23 @@ impl Config {
             out.extend(d.secrets());
         }
         out
+    }
+
+    /// The notification kinds the ingest takes: `ingest.events` when set; otherwise
+    /// creations, and updates or comments when some destination has `on_update` or
+    /// `on_comment`.
+    pub fn ingest_kinds(&self) -> Vec<EventKindName> {
+        if let Some(kinds) = self.ingest.as_ref().and_then(|i| i.events.clone()) {
+            return kinds;
+        }
+        let mut kinds = vec![EventKindName::Created];
+        if self.destinations.iter().any(|d| d.on_update.is_some()) {
+            kinds.push(EventKindName::Updated);
+        }
+        if self.destinations.iter().any(|d| d.on_comment.is_some()) {
+            kinds.push(EventKindName::Comment);
+        }
+        kinds
     }
 
     /// The destination called `name`.

@@ -39,6 +39,39 @@ impl Subjects {
         format!("{}.alerts.created.{}", self.prefix, uuid_token(alert_uuid))
     }
 
+    /// `<prefix>.alerts.updated.<alert uuid>.<event id>`: one subject per update of an alert,
+    /// published only when empty (like [`Subjects::created`]), so the same update seen by
+    /// several sources is stored once. `event_id` is a notification uuid or `poll-<secs>`;
+    /// anything else maps to `unknown`.
+    pub fn updated(&self, alert_uuid: &str, event_id: &str) -> String {
+        format!(
+            "{}.alerts.updated.{}.{}",
+            self.prefix,
+            uuid_token(alert_uuid),
+            plain_token(event_id)
+        )
+    }
+
+    /// `<prefix>.alerts.comment.<alert uuid>.<comment uuid>`: one subject per comment.
+    pub fn comment(&self, alert_uuid: &str, comment_uuid: &str) -> String {
+        format!(
+            "{}.alerts.comment.{}.{}",
+            self.prefix,
+            uuid_token(alert_uuid),
+            uuid_token(comment_uuid)
+        )
+    }
+
+    /// Every update subject.
+    pub fn updated_all(&self) -> String {
+        format!("{}.alerts.updated.>", self.prefix)
+    }
+
+    /// Every comment subject.
+    pub fn comment_all(&self) -> String {
+        format!("{}.alerts.comment.>", self.prefix)
+    }
+
     /// `<prefix>.alerts.enriched.<community>`.
     pub fn enriched(&self, community: &str) -> String {
         format!("{}.alerts.enriched.{}", self.prefix, uuid_token(community))
@@ -116,6 +149,23 @@ pub fn is_uuid_token(uuid: &str) -> bool {
     !uuid.is_empty() && uuid.len() <= 64 && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
+/// Whether `token` can be a subject token as it is (letters, digits, `-`, `_`; 1 to 64 bytes).
+pub fn is_plain_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn plain_token(token: &str) -> &str {
+    if is_plain_token(token) {
+        token
+    } else {
+        UNKNOWN_TOKEN
+    }
+}
+
 /// Alert and community uuids are validated by the time they get here; anything else (or
 /// nothing) maps to `unknown`, so hostile input can never inject `.`, `*` or `>` into a subject.
 fn uuid_token(uuid: &str) -> &str {
@@ -159,5 +209,11 @@ mod tests {
         assert_eq!(s.enriched("ab.cd"), "a.alerts.enriched.unknown");
         assert_eq!(s.enriched(&"a".repeat(65)), "a.alerts.enriched.unknown");
         assert!(!is_uuid_token(""));
+        assert_eq!(s.updated("ab-1", "x.*"), "a.alerts.updated.ab-1.unknown");
+        assert_eq!(
+            s.updated("ab-1", "poll-17"),
+            "a.alerts.updated.ab-1.poll-17"
+        );
+        assert_eq!(s.comment("ab", ">"), "a.alerts.comment.ab.unknown");
     }
 }

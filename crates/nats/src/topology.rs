@@ -2,7 +2,9 @@
 //! startup, so any of them may start first.
 //!
 //! Streams (limits retention, file storage, replicas from `nats.stream_replicas`):
-//! - `<PREFIX>_ALERTS_CREATED` on `<prefix>.alerts.created.>`, deduplicated by alert uuid;
+//! - `<PREFIX>_ALERTS_CREATED` on `<prefix>.alerts.created.>` (deduplicated by alert uuid),
+//!   `<prefix>.alerts.updated.>` and `<prefix>.alerts.comment.>` (one subject per update or
+//!   comment): what happened to alerts, in the order the ingest saw it;
 //! - `<PREFIX>_ALERTS_ENRICHED` on `<prefix>.alerts.enriched.>` and
 //!   `<prefix>.replay.forward.>` (alerts replayed from the DLQ for one destination);
 //! - `<PREFIX>_DLQ` on `<prefix>.dlq.>`, kept `nats.dlq_max_age` so operators can inspect and
@@ -95,7 +97,7 @@ impl Topology {
             .map_or(0, |t| t.as_secs());
         self.ensure_stream(
             s.created_stream(),
-            vec![s.created_all()],
+            vec![s.created_all(), s.updated_all(), s.comment_all()],
             age,
             dup,
             Some((ONE_PER_ALERT_SINCE, now.to_string())),

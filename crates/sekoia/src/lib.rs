@@ -3,8 +3,13 @@
 //! - [`SekoiaClient::get_alert`]: `GET {base}/v1/sic/alerts/{uuid}` with the flags Sekoia's
 //!   trigger uses, answered as a [`GetAlert`] the enricher maps to an outcome.
 //! - [`SekoiaClient::check_key`]: `GET {base}/v1/me`, to tell a rejected key from an outage.
-//! - [`SekoiaClient::list_alerts`]: one page of `GET {base}/v1/sic/alerts` sorted by creation
-//!   time (the catch-up poller).
+//! - [`SekoiaClient::list_alerts`] / [`SekoiaClient::list_alerts_by`]: one page of
+//!   `GET {base}/v1/sic/alerts` sorted by creation or update time (the catch-up poller).
+//! - [`SekoiaClient::list_comments`]: an alert's comments.
+//! - [`SekoiaClient::search_events`]: an alert's events, through Sekoia's asynchronous events
+//!   search job (start, wait, page), within one deadline.
+//! - Write-back: [`SekoiaClient::me`] (the key's identity), [`SekoiaClient::post_comment`],
+//!   [`SekoiaClient::get_workflow`] and [`SekoiaClient::patch_workflow`] (a status change).
 //! - [`live_url`]: the LiveAPI websocket URL, derived from the base URL as Sekoia does.
 //! - [`key`]: the "key accepted" readiness check shared by the services that call Sekoia.
 //!
@@ -13,11 +18,15 @@
 //! header and never appears in an error: every reason the client gives is redacted of it where
 //! it is made (callers log reasons before any other redaction).
 //!
-//! Bodies are read with a bound: an alert up to [`MAX_ALERT_BYTES`], a page of the alert list
-//! up to [`MAX_LIST_BYTES`], an error body up to [`MAX_ERROR_BYTES`] (only its `message` is
-//! quoted, redacted then cut to 200 characters).
+//! Bodies are read with a bound: an alert (and any other answer but the list, e.g. a page of
+//! events) up to [`MAX_ALERT_BYTES`], a page of the alert list up to [`MAX_LIST_BYTES`], an
+//! error body up to [`MAX_ERROR_BYTES`] (only its `message` is quoted, redacted then cut to
+//! 200 characters).
 
+mod calls;
 pub mod key;
+
+pub use calls::{EventsQuery, ListBy, WorkflowAction};
 
 use std::time::Duration;
 
@@ -274,14 +283,28 @@ impl SekoiaClient {
         limit: usize,
         communities: &[String],
     ) -> Result<AlertPage, ListError> {
+        self.list_alerts_by(ListBy::Created, since, offset, limit, communities)
+            .await
+    }
+
+    /// Lists alerts whose `by` time is at or after `since` (epoch seconds, inclusive: callers
+    /// dedup), ordered by it, oldest first.
+    pub async fn list_alerts_by(
+        &self,
+        by: ListBy,
+        since: i64,
+        offset: usize,
+        limit: usize,
+        communities: &[String],
+    ) -> Result<AlertPage, ListError> {
         let start = chrono::DateTime::from_timestamp(since, 0)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut url = self.url("v1/sic/alerts");
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("date[created_at]", &format!("{start},now"))
-                .append_pair("sort", "created_at")
+            q.append_pair(&format!("date[{}]", by.field()), &format!("{start},now"))
+                .append_pair("sort", by.field())
                 .append_pair("direction", "asc")
                 .append_pair("limit", &limit.to_string())
                 .append_pair("offset", &offset.to_string());

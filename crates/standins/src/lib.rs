@@ -1,8 +1,9 @@
 //! Local stand-ins for the outside world, speaking the documented wire formats. Used by
 //! `alertsync demo`, the end-to-end tests and the benchmark; never by the services.
 //!
-//! - [`sekoia`]: a fake Sekoia.io API (`GET /v1/sic/alerts/{uuid}`, `GET /v1/me`) with Bearer
-//!   key checks and scriptable answers per alert.
+//! - [`sekoia`]: a fake Sekoia.io API (Get Alert, the alert list, comments, the workflow, the
+//!   events search jobs, `GET /v1/me`, the LiveAPI socket) with Bearer key checks, alert state
+//!   changed as an analyst would, and scriptable answers.
 //! - [`receiver`]: a destination that records every request and answers from a script.
 //! - [`alerts`]: realistic alert bodies (the shape of `GET /v1/sic/alerts/{uuid}`).
 //! - [`otlp`]: a trace collector that decodes OTLP/HTTP protobuf and keeps every span.
@@ -13,7 +14,7 @@ pub mod receiver;
 pub mod sekoia;
 
 pub use receiver::{Receiver, Recorded, Reply};
-pub use sekoia::FakeSekoia;
+pub use sekoia::{EventsJob, FakeSekoia};
 
 /// Binds `addr` (port 0 picks a free one) and serves `router` in the background; returns the
 /// bound address.

@@ -98,7 +98,11 @@ struct Inner {
     by_content: Mutex<Vec<(String, Reply)>>,
     changed: Notify,
     callback: Mutex<Option<Callback>>,
+    /// Requests to a path answered by a function of their body (after scripts and defaults).
+    responders: Mutex<HashMap<String, Responder>>,
 }
+
+type Responder = Arc<dyn Fn(&[u8]) -> Reply + Send + Sync>;
 
 /// A running recording destination.
 #[derive(Clone)]
@@ -146,6 +150,17 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_string(), reply);
+    }
+
+    /// Requests to `path` get the reply `f` makes of their body (a tool answering each
+    /// creation with its own id), once its script is used up. Takes over from [`Receiver::always`].
+    pub fn respond_with(&self, path: &str, f: impl Fn(&[u8]) -> Reply + Send + Sync + 'static) {
+        self.inner.defaults.lock().unwrap().remove(path);
+        self.inner
+            .responders
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), Arc::new(f));
     }
 
     /// Requests (to any path) whose body contains `needle` get `reply`, whatever else is
@@ -214,8 +229,10 @@ async fn record(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             .unwrap()
             .get_mut(&path)
             .and_then(|q| q.pop_front());
+        let responder = inner.responders.lock().unwrap().get(&path).cloned();
         scripted
             .or_else(|| inner.defaults.lock().unwrap().get(&path).cloned())
+            .or_else(|| responder.map(|f| f(&body)))
             .unwrap_or_else(|| Reply::status(200).body("{\"ok\":true}"))
     };
     let recorded = Recorded {

@@ -54,6 +54,7 @@ pub fn publish_span(subject: &str, alert_uuid: &str, short_id: &str) -> tracing:
         alert.uuid = %alert_uuid,
         alert.short_id = %short_id,
         alertsync.source = tracing::field::Empty,
+        alertsync.kind = tracing::field::Empty,
         alertsync.duplicate = tracing::field::Empty,
     )
 }
@@ -97,6 +98,7 @@ struct Inner {
     enriched: Counter,
     sekoia_errors: Family<Labels, Counter>,
     deliveries: Family<Labels, Counter>,
+    lifecycle_skipped: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     dead_lettered: Family<Labels, Counter>,
     circuit_state: Family<Labels, Gauge>,
@@ -126,6 +128,7 @@ impl Metrics {
         let enriched = Counter::default();
         let sekoia_errors = Family::<Labels, Counter>::default();
         let deliveries = Family::<Labels, Counter>::default();
+        let lifecycle_skipped = Family::<Labels, Counter>::default();
         let retries = Family::<Labels, Counter>::default();
         let dead_lettered = Family::<Labels, Counter>::default();
         let circuit_state = Family::<Labels, Gauge>::default();
@@ -143,17 +146,17 @@ impl Metrics {
         );
         registry.register(
             "alerts_received",
-            "Alert-created events received, by source",
+            "Notifications received, by source and kind",
             received.clone(),
         );
         registry.register(
             "alerts_published",
-            "Alerts published to the created stream, by source",
+            "Notifications published (first sighting), by source and kind",
             published.clone(),
         );
         registry.register(
             "duplicates_dropped",
-            "Alert-created events dropped as already seen, by source",
+            "Notifications dropped as already seen, by source and kind",
             duplicates.clone(),
         );
         registry.register(
@@ -173,8 +176,13 @@ impl Metrics {
         );
         registry.register(
             "deliveries",
-            "Delivery attempts, by destination and outcome",
+            "Delivery attempts, by destination, outcome and kind (created, updated, comment)",
             deliveries.clone(),
+        );
+        registry.register(
+            "lifecycle_skipped",
+            "Updates and comments not sent to a destination, by destination, kind and reason",
+            lifecycle_skipped.clone(),
         );
         registry.register(
             "retries",
@@ -237,6 +245,7 @@ impl Metrics {
                 enriched,
                 sekoia_errors,
                 deliveries,
+                lifecycle_skipped,
                 retries,
                 dead_lettered,
                 circuit_state,
@@ -252,24 +261,24 @@ impl Metrics {
     }
 
     /// An event received from `source` (webhook, live, poll).
-    pub fn received(&self, source: &str) {
+    pub fn received(&self, source: &str, kind: &str) {
         self.inner
             .received
-            .get_or_create(&labels([("source", source)]))
+            .get_or_create(&labels([("source", source), ("kind", kind)]))
             .inc();
     }
     /// An alert published (first sighting) from `source`.
-    pub fn published(&self, source: &str) {
+    pub fn published(&self, source: &str, kind: &str) {
         self.inner
             .published
-            .get_or_create(&labels([("source", source)]))
+            .get_or_create(&labels([("source", source), ("kind", kind)]))
             .inc();
     }
     /// An event from `source` dropped as a duplicate.
-    pub fn duplicate(&self, source: &str) {
+    pub fn duplicate(&self, source: &str, kind: &str) {
         self.inner
             .duplicates
-            .get_or_create(&labels([("source", source)]))
+            .get_or_create(&labels([("source", source), ("kind", kind)]))
             .inc();
     }
     /// An alert filtered out at `stage` (for `destination`, "" for the enricher) by `filter`.
@@ -298,13 +307,28 @@ impl Metrics {
     pub fn sekoia_latency(&self, d: Duration) {
         self.inner.sekoia_latency.observe(d.as_secs_f64());
     }
-    /// A delivery attempt to `destination` ended with `outcome` (delivered, failed, skipped…).
-    pub fn delivery(&self, destination: &str, outcome: &str) {
+    /// A delivery attempt of a `kind` of event (created, updated, comment) to `destination`
+    /// ended with `outcome` (delivered, failed, already_delivered…).
+    pub fn delivery(&self, destination: &str, kind: &str, outcome: &str) {
         self.inner
             .deliveries
             .get_or_create(&labels([
                 ("destination", destination),
                 ("outcome", outcome),
+                ("kind", kind),
+            ]))
+            .inc();
+    }
+    /// A later event (update, comment) of an alert not sent to `destination`, for `reason`
+    /// (creation_filtered, creation_dead_lettered, creation_not_seen, older_state,
+    /// same_state, unchanged, no_request).
+    pub fn lifecycle_skipped(&self, destination: &str, kind: &str, reason: &str) {
+        self.inner
+            .lifecycle_skipped
+            .get_or_create(&labels([
+                ("destination", destination),
+                ("kind", kind),
+                ("reason", reason),
             ]))
             .inc();
     }
@@ -408,18 +432,20 @@ mod tests {
     #[test]
     fn counters_render_with_prometheus_names_and_bounded_labels() {
         let m = Metrics::new();
-        m.received("webhook");
-        m.received("webhook");
-        m.delivery("soar", "delivered");
+        m.received("webhook", "alert-created");
+        m.received("webhook", "alert-created");
+        m.delivery("soar", "created", "delivered");
         m.live_connected(true);
         let text = m.render();
         assert!(
-            text.contains("alertsync_alerts_received_total{source=\"webhook\"} 2"),
+            text.contains(
+                "alertsync_alerts_received_total{source=\"webhook\",kind=\"alert-created\"} 2"
+            ),
             "{text}"
         );
         assert!(
             text.contains(
-                "alertsync_deliveries_total{destination=\"soar\",outcome=\"delivered\"} 1"
+                "alertsync_deliveries_total{destination=\"soar\",outcome=\"delivered\",kind=\"created\"} 1"
             ),
             "{text}"
         );

@@ -43,6 +43,24 @@ impl Context {
         }
     }
 
+    /// This context with `name` bound to `value` as well (a later binding of a name wins):
+    /// `event`, `comment`, `remote`, `events`, `response`… for the requests about an alert's
+    /// later events. The value is data: it is never evaluated as a template.
+    pub fn with(self, name: &str, value: Value) -> Context {
+        let extra = Value::from(std::collections::BTreeMap::from([(
+            name.to_string(),
+            value,
+        )]));
+        Context {
+            value: minijinja::value::merge_maps([extra, self.value]),
+        }
+    }
+
+    /// [`Context::with`] for a JSON value.
+    pub fn with_json(self, name: &str, value: &Json) -> Context {
+        self.with(name, Value::from(minijinja::value::Serde(value)))
+    }
+
     pub(crate) fn value(&self) -> &Value {
         &self.value
     }

@@ -109,6 +109,23 @@ impl Engine {
         })
     }
 
+    /// Compiles a URL template: every value a `{{ … }}` prints is percent-encoded as a URL
+    /// component (`/`, `?`, `#`, `%`, `&`, spaces, control characters… all encoded), so alert
+    /// text rendered into a URL can never change its path, add query parameters or point
+    /// elsewhere. The template's own text is kept as written.
+    pub fn compile_url(&self, text: &str) -> Result<TextTemplate, CompileError> {
+        let mut env = self.env.clone();
+        env.set_formatter(url_formatter);
+        let engine = Engine {
+            env,
+            fuel: self.fuel,
+        };
+        Ok(TextTemplate {
+            compiled: engine.compile(text.to_owned())?,
+            is_static: !structured::has_template_syntax(text),
+        })
+    }
+
     fn compile(&self, source: String) -> Result<Compiled, CompileError> {
         let mut env = self.env.clone();
         env.add_template_owned(TEMPLATE_NAME, source)?;
@@ -269,6 +286,41 @@ fn python_formatter(out: &mut Output, state: &mut State, value: &Value) -> Resul
         return write!(out, "{}", PythonFloat(float)).map_err(Error::from);
     }
     minijinja::escape_formatter(out, state, value)
+}
+
+/// Characters left as they are in a URL component: RFC 3986's unreserved set.
+const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Prints a value as [`python_formatter`] does (floats like Python, undefined as nothing),
+/// then percent-encoded: for URL templates ([`Engine::compile_url`]).
+fn url_formatter(out: &mut Output, _state: &mut State, value: &Value) -> Result<(), Error> {
+    if value.is_undefined() {
+        return Ok(());
+    }
+    let text = if value.is_number()
+        && !value.is_integer()
+        && let Ok(float) = f64::try_from(value.clone())
+    {
+        PythonFloat(float).to_string()
+    } else {
+        value.to_string()
+    };
+    // `.` and `..` alone would walk the path up a level once a client normalises it.
+    if text == "." || text == ".." {
+        return out
+            .write_str(&text.replace('.', "%2E"))
+            .map_err(Error::from);
+    }
+    write!(
+        out,
+        "{}",
+        percent_encoding::utf8_percent_encode(&text, URL_COMPONENT)
+    )
+    .map_err(Error::from)
 }
 
 /// Python's `repr(float)`. Rust's `Debug` already picks the shortest round-trip digits and

@@ -369,3 +369,25 @@ fn debug_output_never_shows_template_source() {
     assert!(!format!("{body:?}").contains("MYINTAKEKEY"));
     assert!(!format!("{text:?}").contains("SECRETTOKEN"));
 }
+
+#[test]
+fn url_templates_percent_encode_every_value_and_later_contexts_add_names() {
+    let ctx = alertsync_template::Context::new(&serde_json::json!({"uuid": "u", "title": "a/b"}))
+        .with_json("remote", &serde_json::json!({"id": "T 42/../x?y#z%"}))
+        .with_json("empty", &serde_json::json!({"id": null}));
+    let url = Engine::new()
+        .compile_url("https://h.example/api/{{ remote.id }}/{{ alert.title }}?q={{ remote.id }}")
+        .unwrap();
+    assert_eq!(
+        url.render(&ctx).unwrap(),
+        "https://h.example/api/T%2042%2F..%2Fx%3Fy%23z%25/a%2Fb?q=T%2042%2F..%2Fx%3Fy%23z%25"
+    );
+    let dots = Engine::new().compile_url("https://h/{{ d }}").unwrap();
+    let ctx = ctx.with_json("d", &serde_json::json!(".."));
+    assert_eq!(dots.render(&ctx).unwrap(), "https://h/%2E%2E");
+    // As in Jinja2: a missing name prints nothing, an attribute of it is an error.
+    let missing = Engine::new()
+        .compile_url("https://h/{{ nothing }}")
+        .unwrap();
+    assert_eq!(missing.render(&ctx).unwrap(), "https://h/");
+}

@@ -16,7 +16,7 @@ pub mod dead_letter;
 pub mod stage;
 pub mod worker;
 
-pub use call::{CallPolicy, CallSite, gated_call};
+pub use call::{Attempted, CallPolicy, CallSite, gated_call};
 pub use dead_letter::DeadLetters;
 pub use stage::StageRunner;
 pub use worker::{Delivery, Handler, Outcome, Worker, WorkerConfig};

@@ -28,6 +28,10 @@ pub struct AlertHead {
     rule: RuleHead,
     #[serde(default)]
     created_at: Seconds,
+    #[serde(default)]
+    first_seen_at: Loose,
+    #[serde(default)]
+    last_seen_at: Loose,
 }
 
 impl AlertHead {
@@ -44,6 +48,16 @@ impl AlertHead {
     /// `created_at` (epoch seconds, as Sekoia writes it), when it is a whole number.
     pub fn created_at(&self) -> Option<u64> {
         self.created_at.0
+    }
+
+    /// `first_seen_at` (an ISO-8601 string), when it is a string.
+    pub fn first_seen_at(&self) -> Option<&str> {
+        self.first_seen_at.0.as_deref()
+    }
+
+    /// `last_seen_at` (an ISO-8601 string), when it is a string.
+    pub fn last_seen_at(&self) -> Option<&str> {
+        self.last_seen_at.0.as_deref()
     }
 
     fn rule(&self, field: RuleField) -> Option<&str> {

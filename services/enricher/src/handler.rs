@@ -1,10 +1,13 @@
-//! One `AlertCreated` → Get Alert → `EnrichedAlert`.
+//! One `AlertNotification` (an alert created, updated or commented) → Get Alert →
+//! `EnrichedAlert` with the alert as it is now.
 //!
 //! decode (undecodable → poison) → Get Alert through the call path
 //! ([`alertsync_worker::call`]: 404 retried up to `enricher.not_found_attempts`, 429 and a
 //! rejected key hold every alert, 5xx and timeouts retried then dead-lettered, held while the
 //! circuit to Sekoia is open) → the trigger's filters → publish (an enriched alert over the
-//! NATS server's `max_payload` is dead-lettered as too large).
+//! NATS server's `max_payload` is dead-lettered as too large). With `[enricher.events]`, the
+//! alert's events are searched between Get Alert and the publish ([`crate::events`]); a
+//! comment's author and date are completed from the alert's own comment list.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,9 +52,11 @@ pub struct Parts {
     /// Since when the created stream holds every alert published to it (epoch seconds, 0
     /// while unknown), kept current by the service (see [`EnrichHandler::only_enrichment`]).
     pub created_stream_since: Arc<AtomicU64>,
+    /// `[enricher.events]`, when set.
+    pub events: Option<alertsync_config::EventsConfig>,
 }
 
-/// Handles `AlertCreated` messages.
+/// Handles `AlertNotification` messages.
 pub struct EnrichHandler {
     parts: Parts,
     policy: CallPolicy,
@@ -108,7 +113,7 @@ impl EnrichHandler {
     /// reading the delivery records on its first delivery (one round trip to NATS per alert
     /// and destination, a third of the median latency at 1000 alerts/s in BENCHMARKS.md).
     /// All of:
-    /// - this `AlertCreated` was never handled before ([`Delivery::first_ever`]: its first
+    /// - this `AlertNotification` was never handled before ([`Delivery::first_ever`]: its first
     ///   delivery, by a consumer created before it was stored, not a DLQ replay), so no earlier
     ///   handling of it published anything. A late second enrichment (the enricher crashed
     ///   between its publish and its ack and came back after the duplicate window) comes from a
@@ -134,9 +139,10 @@ impl EnrichHandler {
 
     async fn publish(
         &self,
-        mut created: v1::AlertCreated,
+        mut created: v1::AlertNotification,
         body: bytes::Bytes,
         alert: &AlertHead,
+        events: Option<crate::events::Found>,
         d: &Delivery,
     ) -> Outcome {
         let uuid = created.alert_uuid.clone();
@@ -157,11 +163,25 @@ impl EnrichHandler {
         }
         let subject = self.parts.subjects.enriched(&created.community_uuid);
         let span = alertsync_telemetry::publish_span(&subject, &uuid, &created.short_id);
-        let msg = v1::EnrichedAlert {
+        let msg_id = match created.kind() {
+            v1::EventKind::Created => format!("enriched:{uuid}"),
+            v1::EventKind::Updated => format!("enriched:{uuid}:updated:{}", created.event_id),
+            v1::EventKind::Comment => format!(
+                "enriched:{uuid}:comment:{}",
+                created.comment.as_ref().map_or("", |c| c.uuid.as_str())
+            ),
+        };
+        let mut msg = v1::EnrichedAlert {
             created: Some(created),
             alert_json: body,
             fetched_at: Some(time::now()),
+            ..Default::default()
         };
+        if let Some(found) = events {
+            msg.events_enabled = true;
+            msg.events_json = found.json;
+            msg.events_error = found.error.unwrap_or_default();
+        }
         let payload = msg.encode_to_vec();
         let max_payload = self.parts.js.client().server_info().max_payload;
         if max_payload > 0 && payload.len() + HEADROOM > max_payload {
@@ -183,7 +203,7 @@ impl EnrichHandler {
         let published = publish_acked(
             &self.parts.js,
             subject,
-            &format!("enriched:{uuid}"),
+            &msg_id,
             Some(headers),
             payload.into(),
         )
@@ -208,15 +228,15 @@ impl EnrichHandler {
 
 impl Handler for EnrichHandler {
     async fn handle(&self, d: &Delivery) -> Outcome {
-        let created = match v1::AlertCreated::decode(d.payload.as_ref()) {
+        let created = match v1::AlertNotification::decode(d.payload.as_ref()) {
             Ok(m) => m,
             Err(e) => {
-                let reason = format!("poison: undecodable AlertCreated: {e}");
+                let reason = format!("poison: undecodable AlertNotification: {e}");
                 return dead(DeadLetterClass::Poison, reason, "");
             }
         };
         let Some(uuid) = canonical_uuid(&created.alert_uuid) else {
-            let reason = "poison: AlertCreated without a valid alert uuid".to_string();
+            let reason = "poison: AlertNotification without a valid alert uuid".to_string();
             return dead(DeadLetterClass::Poison, reason, "");
         };
         let span = tracing::Span::current();
@@ -236,12 +256,37 @@ impl Handler for EnrichHandler {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
-        if let Err(e) = std::str::from_utf8(&body) {
-            // Found here, once, rather than by every destination of the forwarder.
-            let reason = format!("poison: the alert body Sekoia returned is not UTF-8: {e}");
-            return dead(DeadLetterClass::Poison, reason, &uuid);
+        let text = match std::str::from_utf8(&body) {
+            Ok(text) => text,
+            Err(e) => {
+                // Found here, once, rather than by every destination of the forwarder.
+                let reason = format!("poison: the alert body Sekoia returned is not UTF-8: {e}");
+                return dead(DeadLetterClass::Poison, reason, &uuid);
+            }
+        };
+        let mut created = created;
+        if let Some(comment) = created.comment.as_mut() {
+            crate::events::complete_comment(comment, text);
         }
-        self.publish(created, body, &alert, d).await
+        if self.parts.filter.rejects(&alert).is_some() {
+            // Filtered before the events search: no search for an alert nobody gets.
+            return self.publish(created, body, &alert, None, d).await;
+        }
+        let events = match &self.parts.events {
+            None => None,
+            Some(cfg) => {
+                let search = crate::events::Search {
+                    sekoia: &self.parts.sekoia,
+                    cfg,
+                    metrics: &self.parts.metrics,
+                };
+                match search.run(site, d, &uuid, &alert).await {
+                    Ok(found) => Some(found),
+                    Err(outcome) => return outcome,
+                }
+            }
+        };
+        self.publish(created, body, &alert, events, d).await
     }
 }
 

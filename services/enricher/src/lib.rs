@@ -1,14 +1,19 @@
-//! The enricher service: consumes `AlertCreated`, calls Sekoia's Get Alert and publishes an
-//! `EnrichedAlert` (message id `enriched:<uuid>`) on `<prefix>.alerts.enriched.<community>`.
+//! The enricher service: consumes `AlertNotification`s (created, updated, commented), calls
+//! Sekoia's Get Alert and publishes an `EnrichedAlert` with the alert as it is now (message id
+//! `enriched:<uuid>`, `enriched:<uuid>:updated:<event id>` or
+//! `enriched:<uuid>:comment:<comment uuid>`) on `<prefix>.alerts.enriched.<community>`.
 //!
 //! - [`handler`]: what happens to one message, as an [`alertsync_worker::Outcome`]: 200 →
 //!   publish then ack; 404 → retry up to `enricher.not_found_attempts`; 429/5xx/timeouts →
 //!   delayed NAK (raised to `Retry-After`), dead-letter when attempts run out; 401/403 → hold
 //!   the message without burning attempts while the key is rejected; undecodable → poison.
+//! - [`events`]: the alert's events (`[enricher.events]`, Sekoia's events search job), and a
+//!   comment's author and date.
 //! - [`filter`]: the Alert Created trigger's filters (`rule_filter`, `rule_names_filter`) and
 //!   `sekoia.communities`, applied to the fetched alert: a filtered alert is acked and counted.
 //! - [`Enricher`]: builds (connects, ensures topology, binds health) and runs the service.
 
+pub mod events;
 pub mod filter;
 pub mod handler;
 
@@ -103,17 +108,26 @@ impl Enricher {
         let created_since = Arc::new(AtomicU64::new(0));
         update_created_since(&topology, &created_since).await;
         let subjects = topology.subjects().clone();
+        let mut ack_wait =
+            sekoia_cfg.timeout.get() + cfg.nats.request_timeout.get() + Duration::from_secs(30);
+        if let Some(events) = &e.events {
+            // The events search runs inside the same delivery.
+            ack_wait += events.timeout.get();
+        }
         let consumer = topology
-            .ensure_consumer(&ConsumerSpec {
-                stream: subjects.created_stream(),
-                name: subjects.enricher_consumer(),
-                filter: subjects.created_all(),
-                // Longer than one Get Alert call plus the publish; held messages send progress.
-                ack_wait: sekoia_cfg.timeout.get()
-                    + cfg.nats.request_timeout.get()
-                    + Duration::from_secs(30),
-                max_ack_pending: 1000.max(e.concurrency as i64 * 8),
-            })
+            .ensure_consumer_with_filters(
+                &ConsumerSpec {
+                    stream: subjects.created_stream(),
+                    name: subjects.enricher_consumer(),
+                    filter: subjects.created_all(),
+                    // Longer than one Get Alert call (and events search) plus the publish; held
+                    // messages send progress.
+                    ack_wait,
+                    max_ack_pending: 1000.max(e.concurrency as i64 * 8),
+                },
+                // Updates and comments are enriched like creations.
+                &[subjects.updated_all(), subjects.comment_all()],
+            )
             .await?;
         let metrics = Metrics::new();
         let mut runner = StageRunner::bind(
@@ -156,6 +170,7 @@ impl Enricher {
                 metrics: metrics.clone(),
                 gate: gate.clone(),
                 created_stream_since: created_since.clone(),
+                events: e.events.clone(),
             },
             e,
         ));

@@ -1,8 +1,14 @@
-//! One configured destination: its compiled templates, its HTTP client and its retry policy.
+//! One configured destination: its compiled templates (the creation request, `on_update`,
+//! `on_comment`, `remote_id`), its HTTP client and its retry policy.
 //! [`Destination::render`] builds the exact request for an alert (also the dry run of
-//! `alertsync render`); [`Destination::send`] makes one attempt and classifies the answer.
+//! `alertsync render`); [`Destination::send`] makes one attempt and maps the answer to a
+//! [`CallOutcome`].
+//!
+//! URLs are templates too: each value rendered into one is percent-encoded
+//! ([`alertsync_template::Engine::compile_url`]), and the rendered URL must keep the host
+//! written in the config, so alert text cannot change where a request goes.
 
-use alertsync_config::{DestinationConfig, Redactor};
+use alertsync_config::{Change, DestinationConfig, LaterRequest, Method, Redactor, UrlTemplate};
 use alertsync_http::body::{drain, excerpt};
 use alertsync_http::{CallOutcome, Class, RetryPolicy, classify, describe_error, retry_after};
 use alertsync_template::{BodyTemplate, Context, Engine, TextTemplate};
@@ -41,15 +47,38 @@ pub struct Rendered {
     pub body: Option<bytes::Bytes>,
 }
 
+/// One request's compiled templates: the creation's, or `on_update` / `on_comment`.
+pub struct RequestTemplate {
+    method: reqwest::Method,
+    /// The URL when it has no template syntax (parsed once), else its template.
+    url: UrlPart,
+    /// Host the rendered URL must keep (a template cannot move the request elsewhere).
+    host: Option<String>,
+    headers: Vec<(HeaderName, TextTemplate)>,
+    params: Vec<(String, TextTemplate)>,
+    body: Option<BodyTemplate>,
+    /// The field prefix in error reasons (`` for the creation, `on_update.`, `on_comment.`).
+    field: &'static str,
+}
+
+enum UrlPart {
+    Static(url::Url),
+    Template(TextTemplate),
+}
+
 /// A compiled destination.
 pub struct Destination {
     /// Its name.
     pub name: String,
-    method: reqwest::Method,
-    url: url::Url,
-    headers: Vec<(HeaderName, TextTemplate)>,
-    params: Vec<(String, TextTemplate)>,
-    body: Option<BodyTemplate>,
+    create: RequestTemplate,
+    /// `[destinations.on_update]`, compiled.
+    pub on_update: Option<RequestTemplate>,
+    /// `[destinations.on_comment]`, compiled.
+    pub on_comment: Option<RequestTemplate>,
+    /// `on_update.changes`: what must differ for an update to be sent (empty: any state).
+    pub changes: Vec<Change>,
+    /// `remote_id`, compiled.
+    remote_id: Option<TextTemplate>,
     max_body_bytes: Option<usize>,
     client: reqwest::Client,
     /// Retry delays.
@@ -61,79 +90,108 @@ pub struct Destination {
     redactor: Redactor,
 }
 
-impl Destination {
-    /// Compiles every template (a syntax error names the destination and field) and builds the
-    /// HTTP client.
-    pub fn new(
-        cfg: &DestinationConfig,
+/// Largest response body read for `remote_id` (the created object, as a tool answers it).
+const RESPONSE_READ_LIMIT: usize = 1024 * 1024;
+/// Longest remote id kept (it goes into URLs and the delivery record).
+const MAX_REMOTE_ID: usize = 1024;
+
+/// A 2xx answer, with its head and body when the destination's `remote_id` reads them.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status.
+    pub status: u16,
+    /// The headers, lower-case names (only when read).
+    pub headers: Vec<(String, String)>,
+    /// The body (only when read, up to 1 MiB).
+    pub body: Option<bytes::Bytes>,
+}
+
+impl RequestTemplate {
+    #[allow(clippy::too_many_arguments)]
+    fn compile(
         engine: &Engine,
-        redactor: Redactor,
+        field: &'static str,
+        method: Method,
+        url: &UrlTemplate,
+        headers: &[(&String, &String)],
+        params: &std::collections::BTreeMap<String, String>,
+        json: Option<&str>,
+        err: &dyn Fn(&str, String) -> DestinationError,
     ) -> Result<Self, DestinationError> {
-        let err = |field: &str, reason: String| DestinationError {
-            name: cfg.name.clone(),
-            field: field.to_string(),
-            reason,
-        };
-        let body = cfg
-            .json
-            .as_deref()
+        let body = json
             .map(|t| engine.compile_json_body(t))
             .transpose()
-            .map_err(|e| err("json", e.to_string()))?;
-        let mut headers = Vec::new();
-        for (name, value) in &cfg.headers {
+            .map_err(|e| err(&format!("{field}json"), e.to_string()))?;
+        let mut compiled_headers = Vec::new();
+        for (name, value) in headers {
+            let at = format!("{field}headers.{name}");
             let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| err(&format!("headers.{name}"), "invalid header name".into()))?;
+                .map_err(|_| err(&at, "invalid header name".into()))?;
             let template = engine
                 .compile_text(value)
-                .map_err(|e| err(&format!("headers.{name}"), e.to_string()))?;
-            headers.push((header, template));
+                .map_err(|e| err(&at, e.to_string()))?;
+            compiled_headers.push((header, template));
         }
-        let mut params = Vec::new();
-        for (name, value) in &cfg.params {
+        let mut compiled_params = Vec::new();
+        for (name, value) in params {
             let template = engine
                 .compile_text(value)
-                .map_err(|e| err(&format!("params.{name}"), e.to_string()))?;
-            params.push((name.clone(), template));
+                .map_err(|e| err(&format!("{field}params.{name}"), e.to_string()))?;
+            compiled_params.push((name.clone(), template));
         }
-        let client = alertsync_http::client_builder()
-            .timeout(cfg.timeout.get())
-            .tls_danger_accept_invalid_certs(!cfg.verify_tls)
-            // A redirect could carry our credentials to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| err("url", describe_error(&e)))?;
+        let url_part = if url.is_template() {
+            UrlPart::Template(
+                engine
+                    .compile_url(url.as_str())
+                    .map_err(|e| err(&format!("{field}url"), e.to_string()))?,
+            )
+        } else {
+            UrlPart::Static(
+                url::Url::parse(url.as_str())
+                    .map_err(|e| err(&format!("{field}url"), e.to_string()))?,
+            )
+        };
         Ok(Self {
-            name: cfg.name.clone(),
-            method: reqwest::Method::from_bytes(cfg.method.as_str().as_bytes())
+            method: reqwest::Method::from_bytes(method.as_str().as_bytes())
                 .unwrap_or(reqwest::Method::POST),
-            url: cfg.url.clone(),
-            headers,
-            params,
+            url: url_part,
+            host: url.host_str().map(str::to_string),
+            headers: compiled_headers,
+            params: compiled_params,
             body,
-            max_body_bytes: cfg.max_body_bytes,
-            client,
-            retry: RetryPolicy {
-                base: cfg.retry.base_delay.get(),
-                max: cfg.retry.max_delay.get(),
-                max_retry_after: cfg.retry.max_retry_after.get(),
-            },
-            max_attempts: cfg.retry.max_attempts,
-            filter: crate::filter::Filter::new(&cfg.filter),
-            redactor,
+            field,
         })
     }
 
-    /// Renders the request for `alert` (the Get Alert body). Errors are reasons for a
-    /// dead-letter entry and never quote the rendered text.
-    pub fn render(&self, ctx: &Context, alert_uuid: &str) -> Result<Rendered, String> {
-        let mut url = self.url.clone();
+    /// Renders the request for `ctx`, with `idempotency_key` unless the templates set one.
+    /// Errors are reasons for a dead-letter entry and never quote the rendered text.
+    fn render(
+        &self,
+        ctx: &Context,
+        idempotency_key: &str,
+        max_body_bytes: Option<usize>,
+    ) -> Result<Rendered, String> {
+        let field = self.field;
+        let mut url = match &self.url {
+            UrlPart::Static(u) => u.clone(),
+            UrlPart::Template(t) => {
+                let text = t
+                    .render(ctx)
+                    .map_err(|e| format!("rendering {field}url failed: {e}"))?;
+                let u = url::Url::parse(&text)
+                    .map_err(|e| format!("{field}url rendered to an invalid URL: {e}"))?;
+                if u.host_str() != self.host.as_deref() {
+                    return Err(format!("{field}url rendered to another host"));
+                }
+                u
+            }
+        };
         if !self.params.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (name, t) in &self.params {
                 let value = t
                     .render(ctx)
-                    .map_err(|e| format!("rendering params.{name} failed: {e}"))?;
+                    .map_err(|e| format!("rendering {field}params.{name} failed: {e}"))?;
                 pairs.append_pair(name, &value);
             }
         }
@@ -141,19 +199,20 @@ impl Destination {
         for (name, t) in &self.headers {
             let value = t
                 .render(ctx)
-                .map_err(|e| format!("rendering headers.{name} failed: {e}"))?;
+                .map_err(|e| format!("rendering {field}headers.{name} failed: {e}"))?;
             let value = HeaderValue::from_str(&value).map_err(|_| {
-                format!("headers.{name} rendered to a value that is not a valid header (control characters?)")
+                format!("{field}headers.{name} rendered to a value that is not a valid header (control characters?)")
             })?;
-            headers.append(name.clone(), value);
+            // A later request's own header replaces the destination's of the same name.
+            headers.insert(name.clone(), value);
         }
         let body = match &self.body {
             None => None,
             Some(t) => {
                 let text = t
                     .render(ctx)
-                    .map_err(|e| format!("rendering json failed: {e}"))?;
-                if let Some(limit) = self.max_body_bytes
+                    .map_err(|e| format!("rendering {field}json failed: {e}"))?;
+                if let Some(limit) = max_body_bytes
                     && text.len() > limit
                 {
                     return Err(format!(
@@ -170,8 +229,7 @@ impl Destination {
         let idempotency = HeaderName::from_static("idempotency-key");
         if !headers.contains_key(&idempotency) {
             // Same key on every retry and redelivery, so receivers that honour it dedupe.
-            let key = format!("{alert_uuid}:{}", self.name);
-            if let Ok(v) = HeaderValue::from_str(&key) {
+            if let Ok(v) = HeaderValue::from_str(idempotency_key) {
                 headers.insert(idempotency, v);
             }
         }
@@ -182,12 +240,166 @@ impl Destination {
             body,
         })
     }
+}
+
+impl Destination {
+    /// Compiles every template (a syntax error names the destination and field) and builds the
+    /// HTTP client.
+    pub fn new(
+        cfg: &DestinationConfig,
+        engine: &Engine,
+        redactor: Redactor,
+    ) -> Result<Self, DestinationError> {
+        let err = |field: &str, reason: String| DestinationError {
+            name: cfg.name.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        let own: Vec<_> = cfg.headers.iter().collect();
+        let create = RequestTemplate::compile(
+            engine,
+            "",
+            cfg.method,
+            &cfg.url,
+            &own,
+            &cfg.params,
+            cfg.json.as_deref(),
+            &err,
+        )?;
+        let later = |field: &'static str, l: &LaterRequest| {
+            // The destination's headers (its credentials), then the request's own.
+            let headers: Vec<_> = cfg.headers.iter().chain(l.headers.iter()).collect();
+            RequestTemplate::compile(
+                engine,
+                field,
+                l.method,
+                &l.url,
+                &headers,
+                &l.params,
+                l.json.as_deref(),
+                &err,
+            )
+        };
+        let on_update = cfg
+            .on_update
+            .as_ref()
+            .map(|l| later("on_update.", l))
+            .transpose()?;
+        let on_comment = cfg
+            .on_comment
+            .as_ref()
+            .map(|l| later("on_comment.", l))
+            .transpose()?;
+        let remote_id = cfg
+            .remote_id
+            .as_deref()
+            .map(|t| engine.compile_text(t))
+            .transpose()
+            .map_err(|e| err("remote_id", e.to_string()))?;
+        let client = alertsync_http::client_builder()
+            .timeout(cfg.timeout.get())
+            .tls_danger_accept_invalid_certs(!cfg.verify_tls)
+            // A redirect could carry our credentials to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| err("url", describe_error(&e)))?;
+        Ok(Self {
+            name: cfg.name.clone(),
+            create,
+            on_update,
+            on_comment,
+            changes: cfg
+                .on_update
+                .as_ref()
+                .map(|u| u.changes.clone())
+                .unwrap_or_default(),
+            remote_id,
+            max_body_bytes: cfg.max_body_bytes,
+            client,
+            retry: RetryPolicy {
+                base: cfg.retry.base_delay.get(),
+                max: cfg.retry.max_delay.get(),
+                max_retry_after: cfg.retry.max_retry_after.get(),
+            },
+            max_attempts: cfg.retry.max_attempts,
+            filter: crate::filter::Filter::new(&cfg.filter),
+            redactor,
+        })
+    }
+
+    /// Whether this destination follows alerts past their creation (`on_update`,
+    /// `on_comment` or `remote_id`): then its records say how each creation ended (delivered
+    /// with the remote id and the state sent, filtered, dead-lettered).
+    pub fn follows_lifecycle(&self) -> bool {
+        self.on_update.is_some() || self.on_comment.is_some() || self.remote_id.is_some()
+    }
+
+    /// Whether a 2xx answer's head and body are read (for `remote_id`).
+    pub fn reads_answers(&self) -> bool {
+        self.remote_id.is_some()
+    }
+
+    /// Renders the creation request for an alert. Errors are reasons for a dead-letter entry
+    /// and never quote the rendered text.
+    pub fn render(&self, ctx: &Context, alert_uuid: &str) -> Result<Rendered, String> {
+        self.create.render(
+            ctx,
+            &format!("{alert_uuid}:{}", self.name),
+            self.max_body_bytes,
+        )
+    }
+
+    /// Renders a later request (`on_update`, `on_comment`) with its idempotency key.
+    pub fn render_later(
+        &self,
+        template: &RequestTemplate,
+        ctx: &Context,
+        idempotency_key: &str,
+    ) -> Result<Rendered, String> {
+        template.render(ctx, idempotency_key, self.max_body_bytes)
+    }
+
+    /// The remote id `remote_id` reads from the creation's answer, for the alert of `ctx`.
+    /// `Ok(None)` when there is no `remote_id`; `Err` says why it could not be read.
+    pub fn remote_id(&self, ctx: &Context, answer: &Answer) -> Result<Option<String>, String> {
+        let Some(t) = &self.remote_id else {
+            return Ok(None);
+        };
+        let text = answer
+            .body
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let json = serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default();
+        let headers: serde_json::Map<String, serde_json::Value> = answer
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .collect();
+        let response = serde_json::json!({
+            "status": answer.status,
+            "headers": headers,
+            "json": json,
+            "text": text,
+        });
+        let id = t
+            .render(&ctx.clone().with_json("response", &response))
+            .map_err(|e| format!("rendering remote_id failed: {e}"))?;
+        let id = id.trim();
+        if id.is_empty() {
+            return Err("remote_id rendered empty (is the id in the response?)".into());
+        }
+        if id.len() > MAX_REMOTE_ID {
+            return Err(format!("remote_id rendered over {MAX_REMOTE_ID} bytes"));
+        }
+        Ok(Some(id.to_string()))
+    }
 
     /// Makes one attempt, with the current span's trace context as `traceparent`.
     ///
     /// The outcome is the call path's ([`CallOutcome`]): `Done` carries the 2xx status; a
     /// failure's reason is redacted and quotes at most the start of the answer's body.
-    pub async fn send(&self, r: &Rendered) -> CallOutcome<u16> {
+    pub async fn send(&self, r: &Rendered, read_answer: bool) -> CallOutcome<Answer> {
         let mut req = reqwest::Request::new(r.method.clone(), r.url.clone());
         *req.headers_mut() = r.headers.clone();
         alertsync_telemetry::propagation::inject_http(req.headers_mut());
@@ -203,8 +415,29 @@ impl Destination {
         let status = resp.status();
         let code = status.as_u16();
         if classify(code) == Class::Success {
-            drain(resp, DRAIN_LIMIT).await;
-            return CallOutcome::Done(code);
+            if !read_answer {
+                drain(resp, DRAIN_LIMIT).await;
+                return CallOutcome::Done(Answer {
+                    status: code,
+                    headers: Vec::new(),
+                    body: None,
+                });
+            }
+            let headers = resp
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            // The delivery happened whatever this read does: a body that cannot be read
+            // leaves the remote id unknown, it does not make the delivery fail.
+            let body = alertsync_http::body::read_capped(resp, RESPONSE_READ_LIMIT)
+                .await
+                .ok();
+            return CallOutcome::Done(Answer {
+                status: code,
+                headers,
+                body,
+            });
         }
         let wait = retry_after(resp.headers());
         // Only the quoted start of the body is read, redacted whole, then cut: a 100 MiB error

@@ -1,6 +1,7 @@
-//! One `EnrichedAlert` delivered to one destination.
+//! One `EnrichedAlert` delivered to one destination. A creation is handled here; an update or
+//! a comment by [`crate::later`], which waits for the creation's record.
 //!
-//! The order of things is what makes the guarantees:
+//! The order of things is what makes the guarantees (for a creation):
 //! 1. decode (undecodable → dead-letter as poison);
 //! 2. skip the alert if its delivery record exists (a redelivery or replay of work done), or
 //!    if the destination's filter rejects it. The record is not read for the first delivery of
@@ -9,7 +10,9 @@
 //! 4. send through the call path ([`alertsync_worker::call`]): held at the destination's
 //!    gate while it is paused (401/403), its circuit is open or it is rate-limited (429);
 //!    transient failures retried, then dead-lettered; 413 and other 4xx dead-lettered;
-//! 5. on a 2xx, write the delivery record, then ack.
+//! 5. on a 2xx, write the delivery record (with the remote id and the alert state sent, for a
+//!    destination that follows lifecycles), then ack. Such a destination also records a
+//!    creation it filtered out or dead-lettered, so that later events know not to wait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,20 +26,21 @@ use alertsync_template::{Context, RawAlert};
 use alertsync_worker::{CallPolicy, CallSite, Delivery, Handler, Outcome, gated_call};
 use tracing::Instrument;
 
-use crate::destination::{Destination, Rendered};
+use crate::destination::{Answer, Destination, Rendered};
 use crate::filter::Filter;
-use crate::records::DeliveryRecords;
+use crate::records::{AlertRecord, DeliveryRecords};
 
 /// NAK delay when the delivery record cannot be read (NATS trouble; not the alert's fault).
 const RECORD_UNKNOWN_DELAY: Duration = Duration::from_secs(2);
 
 /// Delivers to one destination.
 pub struct ForwardHandler {
-    dest: Destination,
-    gate: Gate,
-    policy: CallPolicy,
-    records: Arc<DeliveryRecords>,
-    metrics: Metrics,
+    pub(crate) dest: Destination,
+    pub(crate) gate: Gate,
+    pub(crate) policy: CallPolicy,
+    pub(crate) records: Arc<DeliveryRecords>,
+    pub(crate) metrics: Metrics,
+    pub(crate) lifecycle: Option<crate::later::Lifecycle>,
 }
 
 /// A dead-letter outcome of the forwarder (the call path makes the others).
@@ -64,7 +68,19 @@ impl ForwardHandler {
             policy,
             records,
             metrics,
+            lifecycle: None,
         }
+    }
+
+    /// This handler, handling updates and comments with `lifecycle`.
+    pub fn with_lifecycle(mut self, lifecycle: crate::later::Lifecycle) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// Whether the destination follows alerts past their creation.
+    pub fn follows_lifecycle(&self) -> bool {
+        self.dest.follows_lifecycle()
     }
 
     /// The destination's gate.
@@ -98,7 +114,12 @@ impl ForwardHandler {
 
     /// The request for `alert`, or why this destination does not get it: `Ok(None)` when its
     /// filter rejects the alert, `Err` a dead letter.
-    fn request_for(&self, alert: &RawAlert, uuid: &str) -> Result<Option<Rendered>, Outcome> {
+    fn request_for(
+        &self,
+        alert: &RawAlert,
+        uuid: &str,
+        ctx: &Context,
+    ) -> Result<Option<Rendered>, Outcome> {
         let name = self.dest.name.as_str();
         let rejected = if self.dest.filter.passes_all() {
             None
@@ -111,9 +132,8 @@ impl ForwardHandler {
             tracing::debug!(alert.uuid = %uuid, destination = %name, filter, "alert filtered out");
             return Ok(None);
         }
-        let ctx = Context::from_raw(alert);
         alertsync_telemetry::detail_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
-            .in_scope(|| self.dest.render(&ctx, uuid))
+            .in_scope(|| self.dest.render(ctx, uuid))
             .map(Some)
             .map_err(|reason| dead(DeadLetterClass::Render, reason, uuid))
     }
@@ -122,7 +142,14 @@ impl ForwardHandler {
     /// as `traceparent`, so the external tool can find the alert's trace (without an exporter
     /// there is no such span, and `traceparent` carries the alert's `process` span). Counts the
     /// answer, and explains a 413.
-    async fn attempt(&self, request: &Rendered, uuid: &str, attempt: u32) -> CallOutcome<u16> {
+    pub(crate) async fn attempt(
+        &self,
+        request: &Rendered,
+        uuid: &str,
+        attempt: u32,
+        kind: &str,
+        read_answer: bool,
+    ) -> CallOutcome<Answer> {
         let name = self.dest.name.as_str();
         let span = alertsync_telemetry::detail_span!(
             "deliver",
@@ -137,7 +164,11 @@ impl ForwardHandler {
             error.message = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let outcome = self.dest.send(request).instrument(span.clone()).await;
+        let outcome = self
+            .dest
+            .send(request, read_answer)
+            .instrument(span.clone())
+            .await;
         self.metrics.delivery_latency(name, started.elapsed());
         if let Some(status) = outcome.status().filter(|_| outcome.reason().is_some()) {
             span.record("http.response.status_code", status);
@@ -148,8 +179,8 @@ impl ForwardHandler {
             span.record("error.message", reason);
         }
         let counted = match &outcome {
-            CallOutcome::Done(status) => {
-                span.record("http.response.status_code", status);
+            CallOutcome::Done(answer) => {
+                span.record("http.response.status_code", answer.status);
                 return outcome;
             }
             CallOutcome::CredentialsRejected { .. } => "rejected",
@@ -157,7 +188,7 @@ impl ForwardHandler {
             CallOutcome::Transient { .. } => "failed",
             _ => "rejected_permanently",
         };
-        self.metrics.delivery(name, counted);
+        self.metrics.delivery(name, kind, counted);
         match outcome {
             CallOutcome::TooLarge { status, reason } => CallOutcome::TooLarge {
                 status,
@@ -174,12 +205,37 @@ impl ForwardHandler {
     }
 
     /// After a 2xx: the record goes before the ack, so a redelivery after this point is
-    /// skipped.
-    async fn delivered(&self, enriched: &v1::EnrichedAlert, uuid: &str, status: u16, d: &Delivery) {
+    /// skipped. A destination that follows lifecycles keeps the remote id and the state sent.
+    async fn delivered(
+        &self,
+        enriched: &v1::EnrichedAlert,
+        uuid: &str,
+        answer: &Answer,
+        ctx: Option<&Context>,
+        d: &Delivery,
+    ) {
         let name = self.dest.name.as_str();
-        self.records.record(uuid, status, d.delivered).await;
+        let status = answer.status;
+        if self.dest.follows_lifecycle() {
+            let remote_id = match ctx.map(|ctx| self.dest.remote_id(ctx, answer)) {
+                Some(Ok(id)) => id,
+                Some(Err(reason)) => {
+                    // Delivered all the same; later requests that use `remote.id` will say so.
+                    tracing::warn!(alert.uuid = %uuid, destination = %name, %reason, "no remote id for the delivered alert");
+                    None
+                }
+                None => None,
+            };
+            let state = std::str::from_utf8(&enriched.alert_json)
+                .ok()
+                .and_then(crate::state::of_alert);
+            let record = AlertRecord::delivered(status, d.delivered, remote_id, state);
+            self.records.record_full(uuid, &record).await;
+        } else {
+            self.records.record(uuid, status, d.delivered).await;
+        }
         tracing::debug!(alert.uuid = %uuid, destination = %name, status, attempt = d.delivered, "delivered");
-        self.metrics.delivery(name, "delivered");
+        self.metrics.delivery(name, "created", "delivered");
         if let Some(received) = enriched
             .created
             .as_ref()
@@ -195,7 +251,7 @@ impl ForwardHandler {
 }
 
 /// The message's `EnrichedAlert` and its alert uuid, or the poison dead letter.
-fn decode(d: &Delivery) -> Result<(v1::EnrichedAlert, String), Outcome> {
+pub(crate) fn decode(d: &Delivery) -> Result<(v1::EnrichedAlert, String), Outcome> {
     // From `Bytes`, so that the alert comes out as a slice of the message, not a copy.
     let enriched = v1::EnrichedAlert::decode(d.payload.clone()).map_err(|e| {
         let reason = format!("poison: undecodable EnrichedAlert: {e}");
@@ -214,7 +270,7 @@ fn decode(d: &Delivery) -> Result<(v1::EnrichedAlert, String), Outcome> {
 
 /// The alert of `enriched`, read in place: only what the filter and the templates look at is
 /// ever parsed.
-fn read_alert(enriched: &v1::EnrichedAlert, uuid: &str) -> Result<RawAlert, Outcome> {
+pub(crate) fn read_alert(enriched: &v1::EnrichedAlert, uuid: &str) -> Result<RawAlert, Outcome> {
     let poison = |reason: String| dead(DeadLetterClass::Poison, reason, uuid);
     let text = std::str::from_utf8(&enriched.alert_json)
         .map_err(|e| poison(format!("poison: the alert body is not UTF-8: {e}")))?;
@@ -231,18 +287,67 @@ impl Handler for ForwardHandler {
         let process = tracing::Span::current();
         process.record("alert.uuid", uuid.as_str());
         process.record("alertsync.destination", name);
-        match self.delivered_before(d, &uuid).await {
+        let kind = enriched
+            .created
+            .as_ref()
+            .map_or(v1::EventKind::Created, |c| c.kind());
+        if kind != v1::EventKind::Created {
+            return crate::later::handle(self, d, &enriched, &uuid, kind).await;
+        }
+        // A creation and the later events of the same alert are handled one at a time here,
+        // so an update never reads the record while its creation is being written.
+        let _turn = match &self.lifecycle {
+            Some(l) if self.dest.follows_lifecycle() => Some(l.lock(&uuid).await),
+            _ => None,
+        };
+        let outcome = self.handle_created(d, &enriched, &uuid).await;
+        if let Outcome::DeadLetter { .. } = &outcome
+            && self.dest.follows_lifecycle()
+        {
+            self.records
+                .mark_not_delivered(&uuid, AlertRecord::DEAD_LETTERED)
+                .await;
+        }
+        outcome
+    }
+}
+
+impl ForwardHandler {
+    async fn handle_created(
+        &self,
+        d: &Delivery,
+        enriched: &v1::EnrichedAlert,
+        uuid: &str,
+    ) -> Outcome {
+        let name = self.dest.name.as_str();
+        match self.delivered_before(d, uuid).await {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!(alert.uuid = %uuid, destination = %name, attempt = d.delivered, "already delivered; not sending again");
-                self.metrics.delivery(name, "already_delivered");
+                self.metrics.delivery(name, "created", "already_delivered");
                 return Outcome::Ack;
             }
             Err(outcome) => return outcome,
         }
-        let request = match read_alert(&enriched, &uuid).and_then(|a| self.request_for(&a, &uuid)) {
+        let alert = match read_alert(enriched, uuid) {
+            Ok(alert) => alert,
+            Err(outcome) => return outcome,
+        };
+        // Also the context `remote_id` is rendered in, with the answer added.
+        let mut ctx = Context::from_raw(&alert);
+        if enriched.events_enabled {
+            ctx = crate::later::with_events(ctx, enriched);
+        }
+        let request = match self.request_for(&alert, uuid, &ctx) {
             Ok(Some(request)) => request,
-            Ok(None) => return Outcome::Ack,
+            Ok(None) => {
+                if self.dest.follows_lifecycle() {
+                    self.records
+                        .mark_not_delivered(uuid, AlertRecord::FILTERED)
+                        .await;
+                }
+                return Outcome::Ack;
+            }
             Err(outcome) => return outcome,
         };
         let site = CallSite {
@@ -253,13 +358,14 @@ impl Handler for ForwardHandler {
             metrics: &self.metrics,
             what: "delivery",
         };
-        let sent = gated_call(site, d, &uuid, || {
-            self.attempt(&request, &uuid, d.delivered)
+        let read_answer = self.dest.reads_answers();
+        let sent = gated_call(site, d, uuid, || {
+            self.attempt(&request, uuid, d.delivered, "created", read_answer)
         })
         .await;
         match sent {
-            Ok(status) => {
-                self.delivered(&enriched, &uuid, status, d).await;
+            Ok(answer) => {
+                self.delivered(enriched, uuid, &answer, Some(&ctx), d).await;
                 Outcome::Ack
             }
             Err(outcome) => outcome,

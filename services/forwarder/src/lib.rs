@@ -18,7 +18,9 @@
 pub mod destination;
 pub mod filter;
 pub mod handler;
+pub mod later;
 pub mod records;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,7 +171,14 @@ impl Forwarder {
             )
             .with_gate(gate.clone())
             .with_metrics(metrics.clone());
-            let handler = handler::ForwardHandler::new(dest, gate, records, metrics.clone());
+            let mut handler = handler::ForwardHandler::new(dest, gate, records, metrics.clone());
+            if handler.follows_lifecycle() {
+                handler = handler.with_lifecycle(later::Lifecycle::new(
+                    js.get_stream(subjects.created_stream()).await?,
+                    subjects.clone(),
+                    cfg.forwarder.creation_wait.get(),
+                ));
+            }
             runner.worker(worker, Arc::new(handler));
         }
         runner

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use alertsync_nats::async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
 
 /// Unrecorded deliveries remembered in memory per destination (about 175 bytes each).
 const RECENT_CAPACITY: usize = 100_000;
@@ -105,11 +106,162 @@ impl DeliveryRecords {
             return Ok(false);
         }
         match self.store.get(&key).await {
+            // A creation filtered out or dead-lettered here is not delivered: a replay of it
+            // is sent.
+            Ok(v) => Ok(v.is_some_and(|v| AlertRecord::parse(&v).is_delivered())),
+            Err(e) => Err(RecordError {
+                key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The record of `alert_uuid` and its revision, for a destination that follows
+    /// lifecycles.
+    pub async fn entry(&self, alert_uuid: &str) -> Result<Option<(AlertRecord, u64)>, RecordError> {
+        let key = self.key(alert_uuid);
+        match self.store.entry(&key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                Ok(Some((AlertRecord::parse(&e.value), e.revision)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(RecordError {
+                key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records how the creation of `alert_uuid` ended, with its remote id and the state
+    /// sent (a destination that follows lifecycles). Like [`DeliveryRecords::record`], a
+    /// delivery whose record cannot be written is remembered in memory.
+    pub async fn record_full(&self, alert_uuid: &str, record: &AlertRecord) -> bool {
+        let key = self.key(alert_uuid);
+        let value = record.to_bytes();
+        for n in 1..=RECORD_ATTEMPTS {
+            match self.store.put(&key, value.clone().into()).await {
+                Ok(_) => return true,
+                Err(e) if n < RECORD_ATTEMPTS => {
+                    tracing::debug!(%key, error = %e, "writing the delivery record failed; retrying");
+                    tokio::time::sleep(RECORD_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot write the delivery record; a redelivery to another replica may send this alert again (with the same Idempotency-Key)");
+                }
+            }
+        }
+        if record.is_delivered() {
+            self.recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+        }
+        false
+    }
+
+    /// Records that the creation of `alert_uuid` was not delivered here (`filtered`,
+    /// `dead_lettered`), unless a record exists: later events then know not to wait for it.
+    /// Best effort: without it they wait `forwarder.creation_wait`, then are dead-lettered.
+    pub async fn mark_not_delivered(&self, alert_uuid: &str, outcome: &str) {
+        let key = self.key(alert_uuid);
+        let record = AlertRecord {
+            outcome: Some(outcome.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.create(&key, record.to_bytes().into()).await
+            && e.kind() != kv::CreateErrorKind::AlreadyExists
+        {
+            tracing::warn!(%key, error = %e, "cannot record how the creation ended");
+        }
+    }
+
+    /// Moves the state last sent for `alert_uuid` to `state`, unless a newer one was recorded
+    /// meanwhile (compare-and-swap on `revision`, re-read on conflict).
+    pub async fn record_state(&self, alert_uuid: &str, state: &AlertState, mut revision: u64) {
+        let key = self.key(alert_uuid);
+        for _ in 0..RECORD_ATTEMPTS * 2 {
+            let current = match self.store.entry(&key).await {
+                Ok(Some(e)) if e.revision == revision || revision == 0 => {
+                    AlertRecord::parse(&e.value)
+                }
+                Ok(Some(e)) => {
+                    revision = e.revision;
+                    AlertRecord::parse(&e.value)
+                }
+                Ok(None) => AlertRecord::default(),
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "reading the record failed; retrying");
+                    tokio::time::sleep(RECORD_RETRY).await;
+                    continue;
+                }
+            };
+            if current
+                .state
+                .as_ref()
+                .is_some_and(|old| old.updated_at > state.updated_at)
+            {
+                return;
+            }
+            let updated = AlertRecord {
+                state: Some(state.clone()),
+                ..current
+            };
+            match self
+                .store
+                .update(&key, updated.to_bytes().into(), revision)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "the record changed meanwhile; merging");
+                    revision = 0;
+                }
+            }
+        }
+        tracing::warn!(%key, "cannot record the state sent; an identical update may be sent again");
+    }
+
+    /// The key of a comment's record.
+    fn comment_key(&self, alert_uuid: &str, comment_uuid: &str) -> String {
+        format!("{}.{alert_uuid}.comment.{comment_uuid}", self.destination)
+    }
+
+    /// Whether the comment was already delivered here.
+    pub async fn comment_sent(
+        &self,
+        alert_uuid: &str,
+        comment_uuid: &str,
+    ) -> Result<bool, RecordError> {
+        let key = self.comment_key(alert_uuid, comment_uuid);
+        match self.store.get(&key).await {
             Ok(v) => Ok(v.is_some()),
             Err(e) => Err(RecordError {
                 key,
                 reason: e.to_string(),
             }),
+        }
+    }
+
+    /// Records that the comment was delivered (answered `status`).
+    pub async fn record_comment(
+        &self,
+        alert_uuid: &str,
+        comment_uuid: &str,
+        status: u16,
+        attempt: u32,
+    ) {
+        let key = self.comment_key(alert_uuid, comment_uuid);
+        for n in 1..=RECORD_ATTEMPTS {
+            match self.store.put(&key, value(status, attempt).into()).await {
+                Ok(_) => return,
+                Err(e) if n < RECORD_ATTEMPTS => {
+                    tracing::debug!(%key, error = %e, "writing the comment record failed; retrying");
+                    tokio::time::sleep(RECORD_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot write the comment record; a redelivery may send it again (with the same Idempotency-Key)");
+                }
+            }
         }
     }
 
@@ -137,6 +289,89 @@ impl DeliveryRecords {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key);
         false
+    }
+}
+
+/// What a destination that follows lifecycles keeps per alert: how the creation ended, the
+/// tool's id for the alert, and the alert state it was last sent. Records written before
+/// lifecycles existed (`delivered_at`, `status`, `attempt` only) read as delivered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertRecord {
+    /// `delivered` (also when absent), `filtered`, `dead_lettered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// When the creation was delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// Its 2xx status.
+    #[serde(default)]
+    pub status: u16,
+    /// On which attempt.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The tool's id for the alert (`remote_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_id: Option<String>,
+    /// The alert state last sent (by the creation or an update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AlertState>,
+}
+
+/// An alert state, as sent to a destination.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertState {
+    /// The alert's `updated_at` (epoch seconds).
+    pub updated_at: i64,
+    /// A digest of the alert's content, besides its comments and history.
+    pub digest: String,
+    /// `status.uuid`, else `status.name`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// `urgency.current_value`.
+    #[serde(default)]
+    pub urgency: Option<i64>,
+}
+
+impl AlertRecord {
+    /// Outcome of a delivered creation.
+    pub const DELIVERED: &str = "delivered";
+    /// Outcome of a creation this destination's filter rejected.
+    pub const FILTERED: &str = "filtered";
+    /// Outcome of a dead-lettered creation.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+
+    /// Reads a record; an unreadable one counts as delivered (it can only have been written
+    /// after a delivery by an older version, by hand-written JSON).
+    pub fn parse(bytes: &[u8]) -> AlertRecord {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    /// Whether the creation was delivered.
+    pub fn is_delivered(&self) -> bool {
+        self.outcome.as_deref().is_none_or(|o| o == Self::DELIVERED)
+    }
+
+    /// A delivered creation's record.
+    pub fn delivered(
+        status: u16,
+        attempt: u32,
+        remote_id: Option<String>,
+        state: Option<AlertState>,
+    ) -> Self {
+        AlertRecord {
+            outcome: Some(Self::DELIVERED.into()),
+            delivered_at: Some(
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
+            status,
+            attempt,
+            remote_id,
+            state,
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 

@@ -122,7 +122,7 @@ fn request(addr: SocketAddr) -> Rendered {
 async fn a_key_echoed_at_any_offset_around_the_cut_leaves_no_part_of_it_in_the_reason() {
     for pad in 250..=320 {
         let (addr, _) = stand_in(Answer::EchoAuthAt(pad)).await;
-        let attempt = tokio::time::timeout(DEADLINE, destination(addr).send(&request(addr)))
+        let attempt = tokio::time::timeout(DEADLINE, destination(addr).send(&request(addr), false))
             .await
             .unwrap();
         assert_eq!(attempt.status(), Some(500));
@@ -146,7 +146,7 @@ async fn a_key_echoed_at_any_offset_around_the_cut_leaves_no_part_of_it_in_the_r
 #[tokio::test]
 async fn an_endless_error_body_is_quoted_without_being_read_whole() {
     let (addr, written) = stand_in(Answer::Endless).await;
-    let attempt = tokio::time::timeout(DEADLINE, destination(addr).send(&request(addr)))
+    let attempt = tokio::time::timeout(DEADLINE, destination(addr).send(&request(addr), false))
         .await
         .expect("the attempt ends although the body never does");
     let Some(reason) = attempt.reason() else {

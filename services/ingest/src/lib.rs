@@ -1,5 +1,8 @@
-//! The ingest service: receives alert-created events from three sources and publishes each
-//! alert once as an `AlertCreated` on `<prefix>.alerts.created.<alert uuid>`.
+//! The ingest service: receives notifications about alerts (created, updated, commented) from
+//! three sources and publishes each once as an `AlertNotification`, on
+//! `<prefix>.alerts.created.<alert uuid>`, `…updated.<alert uuid>.<event id>` or
+//! `…comment.<alert uuid>.<comment uuid>`. It takes the kinds of `ingest.events` (by default
+//! creations plus the kinds some destination has a request for).
 //!
 //! - [`webhook`]: `POST /v1/alerts`: bearer token, 64 KiB limit, answers 202 only once
 //!   JetStream has stored the event.
@@ -21,8 +24,9 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use alertsync_config::Config;
+use alertsync_config::{Config, EventKindName};
 use alertsync_nats::{Connection, Topology, connect};
+use alertsync_proto::v1;
 use alertsync_sekoia::{SekoiaClient, key::KeyState};
 use alertsync_telemetry::Metrics;
 use alertsync_worker::StageRunner;
@@ -60,10 +64,20 @@ impl Ingest {
             .iter()
             .map(|c| c.to_ascii_lowercase())
             .collect();
+        let kinds = cfg
+            .ingest_kinds()
+            .into_iter()
+            .map(|k| match k {
+                EventKindName::Created => v1::EventKind::Created,
+                EventKindName::Updated => v1::EventKind::Updated,
+                EventKindName::Comment => v1::EventKind::Comment,
+            })
+            .collect();
         let publisher = Arc::new(publisher::Publisher::new(
             js.clone(),
             topology.subjects().clone(),
             communities,
+            kinds,
             metrics.clone(),
         ));
         if let Some(sekoia_cfg) = settings.sekoia {

@@ -127,8 +127,8 @@ pub async fn reconnect_loop<F, Fut>(
 /// What a socket message is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Classified {
-    /// An alert was created.
-    AlertCreated(AlertEvent),
+    /// An alert was created, updated or commented.
+    Notification(AlertEvent),
     /// The `authenticated` greeting: ignored, not counted.
     Greeting,
     /// Skipped, with a bounded reason for the metric.
@@ -146,13 +146,18 @@ pub fn classify(text: &str) -> Classified {
     if v.pointer("/metadata/version").and_then(Value::as_i64) != Some(2) {
         return Classified::Skipped("not_v2");
     }
-    if v.get("type").and_then(Value::as_str) != Some("alert")
-        || v.get("action").and_then(Value::as_str) != Some("created")
-    {
-        return Classified::Skipped("not_alert_created");
+    let about_alerts = matches!(
+        (
+            v.get("type").and_then(Value::as_str),
+            v.get("action").and_then(Value::as_str)
+        ),
+        (Some("alert"), Some("created" | "updated")) | (Some("alert-comment"), Some("created"))
+    );
+    if !about_alerts {
+        return Classified::Skipped("not_alert_notification");
     }
     match events::parse_notification(&v) {
-        Ok(e) => Classified::AlertCreated(e),
+        Ok(e) => Classified::Notification(e),
         Err(_) => Classified::Skipped("invalid_uuid"),
     }
 }
@@ -294,7 +299,7 @@ impl LiveSource {
         match classify(text) {
             Classified::Greeting => {}
             Classified::Skipped(reason) => self.metrics.live_skipped(reason),
-            Classified::AlertCreated(event) => {
+            Classified::Notification(event) => {
                 // Each notification starts its own trace.
                 let span = tracing::info_span!(
                     parent: None,
@@ -336,24 +341,28 @@ mod tests {
     const UUID: &str = "3b1f6c2e-8d4a-4f0b-9e37-5a2c7d91e604";
 
     #[test]
-    fn only_v2_alert_created_notifications_with_a_uuid_are_kept() {
+    fn only_v2_alert_notifications_with_a_uuid_are_kept() {
         let created = format!(
             r#"{{"metadata":{{"version":2}},"type":"alert","action":"created","attributes":{{"uuid":"{UUID}"}}}}"#
         );
-        assert!(matches!(classify(&created), Classified::AlertCreated(e) if e.alert_uuid == UUID));
+        assert!(matches!(classify(&created), Classified::Notification(e) if e.alert_uuid == UUID));
         assert_eq!(classify(r#"{"authenticated": true}"#), Classified::Greeting);
         assert_eq!(classify("garbage{"), Classified::Skipped("invalid_json"));
         assert_eq!(
             classify(&created.replace("\"version\":2", "\"version\":1")),
             Classified::Skipped("not_v2")
         );
-        assert_eq!(
+        assert!(matches!(
             classify(&created.replace("created", "updated")),
-            Classified::Skipped("not_alert_created")
+            Classified::Notification(e) if e.kind() == v1::EventKind::Updated
+        ));
+        assert_eq!(
+            classify(&created.replace("created", "deleted")),
+            Classified::Skipped("not_alert_notification")
         );
         assert_eq!(
             classify(&created.replace("\"type\":\"alert\"", "\"type\":\"case\"")),
-            Classified::Skipped("not_alert_created")
+            Classified::Skipped("not_alert_notification")
         );
         assert_eq!(
             classify(&created.replace(UUID, "")),

@@ -1,4 +1,8 @@
-//! Publishing an alert-created event exactly once, whatever source saw it and whenever.
+//! Publishing a notification exactly once, whatever source saw it and whenever.
+//!
+//! Creations, updates and comments each have their own subjects (see
+//! [`alertsync_nats::Subjects`]): `created.<alert>`, `updated.<alert>.<event id>`,
+//! `comment.<alert>.<comment uuid>`. What follows, said of creations, holds for each.
 //!
 //! Each alert has its own subject, `<prefix>.alerts.created.<alert uuid>`, and is published
 //! there only if that subject holds nothing yet (`Nats-Expected-Last-Subject-Sequence: 0`). So
@@ -20,7 +24,7 @@ use alertsync_telemetry::Metrics;
 
 use tracing::Instrument as _;
 
-use crate::events::AlertEvent;
+use crate::events::{AlertEvent, Happened};
 
 /// What became of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub enum Verdict {
     Duplicate,
     /// Not handled: its community is not in `sekoia.communities`.
     OtherCommunity,
+    /// Not handled: its kind is not in `ingest.events`.
+    OtherKind,
 }
 
 /// The one way alert-created events enter the pipeline.
@@ -38,6 +44,7 @@ pub struct Publisher {
     js: jetstream::Context,
     subjects: Subjects,
     communities: Vec<String>,
+    kinds: Vec<v1::EventKind>,
     metrics: Metrics,
 }
 
@@ -53,18 +60,41 @@ pub fn source_name(source: v1::Source) -> &'static str {
 }
 
 impl Publisher {
-    /// A publisher limited to `communities` when not empty.
+    /// A publisher limited to `communities` when not empty, taking the notification `kinds`.
     pub fn new(
         js: jetstream::Context,
         subjects: Subjects,
         communities: Vec<String>,
+        kinds: Vec<v1::EventKind>,
         metrics: Metrics,
     ) -> Self {
         Self {
             js,
             subjects,
             communities,
+            kinds,
             metrics,
+        }
+    }
+
+    /// Whether notifications of `kind` are taken.
+    pub fn takes(&self, kind: v1::EventKind) -> bool {
+        self.kinds.contains(&kind)
+    }
+
+    /// The subject of `event` and its message id.
+    fn subject_of(&self, event: &AlertEvent) -> (String, String) {
+        let uuid = &event.alert_uuid;
+        match &event.happened {
+            Happened::Created => (self.subjects.created(uuid), uuid.clone()),
+            Happened::Updated { event_id, .. } => (
+                self.subjects.updated(uuid, event_id),
+                format!("updated:{uuid}:{event_id}"),
+            ),
+            Happened::Comment(c) => (
+                self.subjects.comment(uuid, &c.uuid),
+                format!("comment:{uuid}:{}", c.uuid),
+            ),
         }
     }
 
@@ -75,11 +105,12 @@ impl Publisher {
         event: &AlertEvent,
         source: v1::Source,
     ) -> Result<Verdict, PublishError> {
-        let subject = self.subjects.created(&event.alert_uuid);
+        let (subject, msg_id) = self.subject_of(event);
         let span = alertsync_telemetry::publish_span(&subject, &event.alert_uuid, &event.short_id);
         span.record("alertsync.source", source_name(source));
+        span.record("alertsync.kind", event.kind().label());
         let verdict = self
-            .publish_in_span(event, source, subject)
+            .publish_in_span(event, source, subject, msg_id)
             .instrument(span.clone())
             .await;
         if let Ok(v) = &verdict {
@@ -93,9 +124,16 @@ impl Publisher {
         event: &AlertEvent,
         source: v1::Source,
         subject: String,
+        msg_id: String,
     ) -> Result<Verdict, PublishError> {
         let name = source_name(source);
-        self.metrics.received(name);
+        let kind = event.kind().label();
+        self.metrics.received(name, kind);
+        if !self.takes(event.kind()) {
+            self.metrics
+                .filtered(alertsync_proto::Stage::Ingest, None, "kind");
+            return Ok(Verdict::OtherKind);
+        }
         if !self.communities.is_empty()
             && !event.community_uuid.is_empty()
             && !self.communities.contains(&event.community_uuid)
@@ -104,13 +142,23 @@ impl Publisher {
                 .filtered(alertsync_proto::Stage::Ingest, None, "community");
             return Ok(Verdict::OtherCommunity);
         }
-        let msg = v1::AlertCreated {
+        let mut msg = v1::AlertNotification {
             alert_uuid: event.alert_uuid.clone(),
             short_id: event.short_id.clone(),
             community_uuid: event.community_uuid.clone(),
             source: source as i32,
             received_at: Some(time::now()),
+            kind: event.kind() as i32,
+            ..Default::default()
         };
+        match &event.happened {
+            Happened::Created => {}
+            Happened::Updated { updated, event_id } => {
+                msg.updated_json = updated.clone();
+                msg.event_id = event_id.clone();
+            }
+            Happened::Comment(c) => msg.comment = Some(c.clone()),
+        }
         let mut headers = alertsync_nats::async_nats::HeaderMap::new();
         alertsync_telemetry::propagation::inject_nats(&mut headers);
         // The uuid was validated as a uuid (`AlertEvent`), so it is its subject's own token; the
@@ -126,17 +174,17 @@ impl Publisher {
         let stored = publish_first(
             &self.js,
             subject,
-            &event.alert_uuid,
+            &msg_id,
             Some(headers),
             msg.encode_to_vec().into(),
         )
         .await?;
         if stored.duplicate {
-            self.metrics.duplicate(name);
+            self.metrics.duplicate(name, kind);
             Ok(Verdict::Duplicate)
         } else {
-            self.metrics.published(name);
-            tracing::debug!(alert.uuid = %event.alert_uuid, source = name, "alert published");
+            self.metrics.published(name, kind);
+            tracing::debug!(alert.uuid = %event.alert_uuid, source = name, kind, "alert published");
             Ok(Verdict::Published)
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! Answers (JSON bodies):
 //! - 202 `{"alert_uuid", "duplicate"}` once JetStream acknowledged the publish, or at once when
-//!   the alert was already published by any source (`duplicate: true`); an alert of a
-//!   community outside `sekoia.communities` gets 202 with `ignored` and is not published;
+//!   the notification was already published by any source (`duplicate: true`); an alert of a
+//!   community outside `sekoia.communities`, or a kind not in `ingest.events`, gets 202 with
+//!   `ignored` and is not published. Taken: LiveAPI v2 notifications `alert:created`,
+//!   `alert:updated`, `alert-comment:created`, and the bare creation forms;
 //! - 401 without `Authorization: Bearer <ingest.webhook_token>` or with a wrong one;
 //! - 400 `{"error"}` for invalid JSON or a missing/malformed uuid;
 //! - 413 over 64 KiB;
@@ -138,8 +140,18 @@ async fn receive_in_span(state: State, req: Request<Body>) -> Response {
                 "alert_uuid": event.alert_uuid,
                 "duplicate": verdict == Verdict::Duplicate,
             });
-            if verdict == Verdict::OtherCommunity {
-                body["ignored"] = "its community is not in sekoia.communities".into();
+            match verdict {
+                Verdict::OtherCommunity => {
+                    body["ignored"] = "its community is not in sekoia.communities".into();
+                }
+                Verdict::OtherKind => {
+                    body["ignored"] = format!(
+                        "{} notifications are not taken (ingest.events)",
+                        crate::events::kind_name(event.kind())
+                    )
+                    .into();
+                }
+                Verdict::Published | Verdict::Duplicate => {}
             }
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }

@@ -2,6 +2,7 @@
 //! templates, its [`RetryConfig`] and its [`DestinationFilter`].
 
 mod filter;
+mod url_template;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -12,6 +13,7 @@ use crate::fields::{in_flight, is_name, yes};
 use crate::{HumanDuration, RetryConfig};
 
 pub use filter::DestinationFilter;
+pub use url_template::UrlTemplate;
 
 /// HTTP method of a destination, as Sekoia's Request URL action names them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -49,8 +51,9 @@ impl Method {
 pub struct DestinationConfig {
     /// Name (letters, digits, `_`, `-`): used in subjects, consumer names, metrics and logs.
     pub name: String,
-    /// URL to call. Never logged: it may hold a token.
-    pub url: url::Url,
+    /// URL to call, a template: each value rendered into it is percent-encoded, so alert text
+    /// cannot change its path or query. Never logged: it may hold a token.
+    pub url: UrlTemplate,
     /// HTTP method (`get`, `post`, `put`, `patch`, `delete`). Default `post`.
     #[serde(default)]
     pub method: Method,
@@ -81,6 +84,76 @@ pub struct DestinationConfig {
     /// Which alerts this destination gets (all when empty).
     #[serde(default)]
     pub filter: DestinationFilter,
+    /// Template of the tool's id for the alert, read from the creation's 2xx response
+    /// (`response.status`, `response.headers`, `response.json`, `response.text`), kept with
+    /// the delivery record; later requests read it as `remote.id`.
+    pub remote_id: Option<String>,
+    /// `[destinations.on_update]`: the request sent for each new state of a delivered alert
+    /// (`alert:updated`). Absent: updates are not sent here.
+    pub on_update: Option<LaterRequest>,
+    /// `[destinations.on_comment]`: the request sent for each comment on a delivered alert
+    /// (`alert-comment:created`). Absent: comments are not sent here.
+    pub on_comment: Option<LaterRequest>,
+}
+
+/// `[destinations.on_update]`, `[destinations.on_comment]`: a request about an alert already
+/// delivered. Its headers are the destination's, overridden by its own.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaterRequest {
+    /// HTTP method. Default `post`.
+    #[serde(default)]
+    pub method: Method,
+    /// URL template (values percent-encoded), e.g. `https://soar/api/alerts/{{ remote.id }}`.
+    pub url: UrlTemplate,
+    /// Headers added to (or replacing) the destination's; values may be templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters; values may be templates.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Body template (rendered structurally when it is JSON). Absent: no body.
+    pub json: Option<String>,
+    /// `on_update` only: send only when one of these differs from what this destination was
+    /// last sent (`status`, `urgency`). Empty: every new alert state.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+/// What `on_update.changes` can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// The alert's status (`status.uuid`, else `status.name`).
+    Status,
+    /// The alert's urgency (`urgency.current_value`).
+    Urgency,
+}
+
+impl std::fmt::Debug for LaterRequest {
+    // Like the destination's: URL, header values and body may hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaterRequest")
+            .field("method", &self.method)
+            .field("url_host", &self.url.host_str())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("params", &self.params.keys().collect::<Vec<_>>())
+            .field("json_bytes", &self.json.as_ref().map(String::len))
+            .field("changes", &self.changes)
+            .finish()
+    }
+}
+
+impl LaterRequest {
+    fn check(&self, at: &str, changes_allowed: bool, problems: &mut Vec<String>) {
+        if !matches!(self.url.scheme(), "http" | "https") {
+            problems.push(format!("{at}.url: must be an http(s) URL"));
+        }
+        if !changes_allowed && !self.changes.is_empty() {
+            problems.push(format!("{at}.changes: only on_update has changes"));
+        }
+        check_header_names(&self.headers, at, problems);
+    }
 }
 
 impl std::fmt::Debug for DestinationConfig {
@@ -100,6 +173,9 @@ impl std::fmt::Debug for DestinationConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("retry", &self.retry)
             .field("filter", &self.filter)
+            .field("remote_id", &self.remote_id.is_some())
+            .field("on_update", &self.on_update)
+            .field("on_comment", &self.on_comment)
             .finish()
     }
 }
@@ -108,7 +184,12 @@ impl DestinationConfig {
     /// The values of credential headers (and the token after `Bearer `), for the redactor.
     pub(crate) fn secrets(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (name, value) in &self.headers {
+        let later = [&self.on_update, &self.on_comment];
+        let all = self
+            .headers
+            .iter()
+            .chain(later.into_iter().flatten().flat_map(|l| l.headers.iter()));
+        for (name, value) in all {
             if is_credential_header(name) {
                 out.push(value.clone());
                 // "Bearer abc…": the token alone may show up elsewhere.
@@ -160,14 +241,24 @@ pub(crate) fn check(destinations: &[DestinationConfig], problems: &mut Vec<Strin
         }
         d.retry.check(&format!("{at}.retry"), problems);
         d.filter.check(&at, problems);
-        for name in d.headers.keys() {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
-            {
-                problems.push(format!("{at}.headers: {name:?} is not a valid header name"));
-            }
+        check_header_names(&d.headers, &at, problems);
+        if let Some(u) = &d.on_update {
+            u.check(&format!("{at}.on_update"), true, problems);
+        }
+        if let Some(c) = &d.on_comment {
+            c.check(&format!("{at}.on_comment"), false, problems);
+        }
+    }
+}
+
+fn check_header_names(headers: &BTreeMap<String, String>, at: &str, problems: &mut Vec<String>) {
+    for name in headers.keys() {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+        {
+            problems.push(format!("{at}.headers: {name:?} is not a valid header name"));
         }
     }
 }

@@ -1,0 +1,389 @@
+//! An alert's later events at one destination: updates (`on_update`) and comments
+//! (`on_comment`).
+//!
+//! What is guaranteed, per alert and destination:
+//! - **after the creation**: a later event is sent only once the creation's record says it was
+//!   delivered here. Without a record, it waits (delayed NAKs, these waits do not count as
+//!   attempts) while the alert's creation is in the created stream, for up to
+//!   `forwarder.creation_wait`, then is dead-lettered (replayable). A creation this
+//!   destination filtered out or dead-lettered, or one never seen (older than the deployment:
+//!   not in the created stream), means the event is not sent, counted
+//!   (`alertsync_lifecycle_skipped_total`) with that reason;
+//! - **no older or identical state**: an update whose alert state (by `updated_at`, then a
+//!   digest of the alert) is older than, or the same as, the last one sent here is skipped
+//!   ([`crate::state`]); `on_update.changes` narrows "new" to a status or urgency change;
+//! - **once**: a sent update moves the record's state (compare-and-swap), a sent comment gets
+//!   its own record; both before the ack. Only a request in flight at a crash may repeat, with
+//!   the same `Idempotency-Key` (`<alert>:<destination>:updated:<updated_at>-<digest>` or
+//!   `<alert>:<destination>:comment:<comment uuid>`).
+//!
+//! A creation and the later events of one alert are handled one at a time in a replica
+//! ([`Lifecycle::lock`]), so they never race on the record there.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use alertsync_gate::Hold;
+use alertsync_nats::Subjects;
+use alertsync_nats::async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use alertsync_proto::{DeadLetterClass, Stage, v1};
+use alertsync_template::Context;
+use alertsync_worker::{Attempted, CallSite, Delivery, Outcome, gated_call};
+use serde_json::{Value, json};
+
+use crate::handler::{ForwardHandler, read_alert};
+use crate::records::AlertRecord;
+
+/// Stripes of the per-alert lock.
+const STRIPES: usize = 256;
+/// Longest delay between two looks at the creation's record.
+const MAX_WAIT_STEP: Duration = Duration::from_secs(30);
+/// Waits remembered (per message); beyond, the oldest are forgotten.
+const WAITS_CAPACITY: usize = 50_000;
+/// NAK delay when a record cannot be read (NATS trouble).
+const RECORD_UNKNOWN_DELAY: Duration = Duration::from_secs(2);
+
+/// What the forwarder needs to handle later events.
+pub struct Lifecycle {
+    created: Stream,
+    subjects: Subjects,
+    creation_wait: Duration,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Deliveries of a message spent waiting for its creation, by stream sequence: they are
+    /// not attempts of its own request.
+    waits: Mutex<HashMap<u64, u32>>,
+}
+
+impl Lifecycle {
+    /// Later events of the alerts of the created stream `created`, waiting at most
+    /// `creation_wait` for a creation.
+    pub fn new(created: Stream, subjects: Subjects, creation_wait: Duration) -> Self {
+        Self {
+            created,
+            subjects,
+            creation_wait,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            waits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The turn of `alert_uuid` in this replica.
+    pub async fn lock(&self, alert_uuid: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let h = alert_uuid
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        self.stripes[h % STRIPES].lock().await
+    }
+
+    fn waited(&self, d: &Delivery) -> u32 {
+        let waits = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        waits.get(&d.stream_sequence).copied().unwrap_or(0)
+    }
+
+    fn add_wait(&self, d: &Delivery) -> u32 {
+        let mut waits = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        if waits.len() >= WAITS_CAPACITY {
+            // Forgetting only makes a later failure count a few more attempts.
+            waits.clear();
+        }
+        let n = waits.entry(d.stream_sequence).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn forget(&self, d: &Delivery) {
+        self.waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&d.stream_sequence);
+    }
+
+    /// Whether the created stream holds the alert's creation (`Err`: cannot tell).
+    async fn creation_seen(&self, alert_uuid: &str) -> Result<bool, String> {
+        match self
+            .created
+            .get_last_raw_message_by_subject(&self.subjects.created(alert_uuid))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A message's attempts at its own request: its deliveries less those spent waiting.
+struct OwnAttempts<'a> {
+    d: &'a Delivery,
+    waited: u32,
+}
+
+impl Hold for OwnAttempts<'_> {
+    async fn in_progress(&self) {
+        self.d.in_progress().await
+    }
+}
+
+impl Attempted for OwnAttempts<'_> {
+    fn attempt(&self) -> u32 {
+        self.d.delivered.saturating_sub(self.waited).max(1)
+    }
+}
+
+/// Handles an update or a comment (see the module docs).
+pub(crate) async fn handle(
+    h: &ForwardHandler,
+    d: &Delivery,
+    enriched: &v1::EnrichedAlert,
+    uuid: &str,
+    kind: v1::EventKind,
+) -> Outcome {
+    let name = h.dest.name.as_str();
+    let label = kind.label();
+    let template = match kind {
+        v1::EventKind::Updated => h.dest.on_update.as_ref(),
+        v1::EventKind::Comment => h.dest.on_comment.as_ref(),
+        v1::EventKind::Created => None,
+    };
+    let (Some(template), Some(lifecycle)) = (template, h.lifecycle.as_ref()) else {
+        // No request for this kind here: acked and counted, like a filtered alert.
+        h.metrics.filtered(Stage::Forward, Some(name), "kind");
+        return Outcome::Ack;
+    };
+    let skipped = |reason: &'static str| {
+        tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, reason, "not sent");
+        h.metrics.lifecycle_skipped(name, label, reason);
+        Outcome::Ack
+    };
+    let retry = |what: &str, e: String| {
+        tracing::warn!(alert.uuid = %uuid, destination = %name, error = %e, "{what}; will retry");
+        h.metrics.retry(Stage::Forward, Some(name));
+        Outcome::Retry {
+            after: RECORD_UNKNOWN_DELAY,
+        }
+    };
+    let Some(notification) = enriched.created.as_ref() else {
+        return Outcome::dead_letter(
+            DeadLetterClass::Poison,
+            "poison: no notification".into(),
+            uuid,
+        );
+    };
+    let comment = match (kind, notification.comment.as_ref()) {
+        (v1::EventKind::Comment, None) => {
+            let reason = "poison: a comment event without its comment".to_string();
+            return Outcome::dead_letter(DeadLetterClass::Poison, reason, uuid);
+        }
+        (_, c) => c,
+    };
+    let _turn = lifecycle.lock(uuid).await;
+    if let Some(c) = comment {
+        match h.records.comment_sent(uuid, &c.uuid).await {
+            Ok(false) => {}
+            Ok(true) => {
+                h.metrics.delivery(name, label, "already_delivered");
+                return Outcome::Ack;
+            }
+            Err(e) => return retry("cannot read the comment record", e.to_string()),
+        }
+    }
+    let (record, revision) = match h.records.entry(uuid).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return wait_for_creation(h, lifecycle, d, uuid, label).await,
+        Err(e) => return retry("cannot read the delivery record", e.to_string()),
+    };
+    match record.outcome.as_deref() {
+        Some(AlertRecord::FILTERED) => return skipped("creation_filtered"),
+        Some(AlertRecord::DEAD_LETTERED) => return skipped("creation_dead_lettered"),
+        _ => {}
+    }
+    let alert = match read_alert(enriched, uuid) {
+        Ok(alert) => alert,
+        Err(outcome) => return outcome,
+    };
+    let state = match kind {
+        v1::EventKind::Updated => {
+            let Some(state) = std::str::from_utf8(&enriched.alert_json)
+                .ok()
+                .and_then(crate::state::of_alert)
+            else {
+                let reason = "poison: the alert body is not a JSON object".to_string();
+                return Outcome::dead_letter(DeadLetterClass::Poison, reason, uuid);
+            };
+            if let Some(reason) =
+                crate::state::skip_reason(&state, record.state.as_ref(), &h.dest.changes)
+            {
+                return skipped(reason);
+            }
+            Some(state)
+        }
+        _ => None,
+    };
+    let key = match (&state, comment) {
+        (Some(s), _) => format!("{uuid}:{name}:updated:{}-{}", s.updated_at, s.digest),
+        (None, Some(c)) => format!("{uuid}:{name}:comment:{}", c.uuid),
+        (None, None) => format!("{uuid}:{name}:{label}"),
+    };
+    let ctx = context(&alert, enriched, notification, comment, &record);
+    let request = match alertsync_telemetry::detail_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
+        .in_scope(|| h.dest.render_later(template, &ctx, &key))
+    {
+        Ok(r) => r,
+        Err(reason) => return Outcome::dead_letter(DeadLetterClass::Render, reason, uuid),
+    };
+    let attempts = OwnAttempts {
+        d,
+        waited: lifecycle.waited(d),
+    };
+    let site = CallSite {
+        gate: &h.gate,
+        policy: &h.policy,
+        stage: Stage::Forward,
+        destination: Some(name),
+        metrics: &h.metrics,
+        what: label,
+    };
+    let attempt = attempts.attempt();
+    let sent = gated_call(site, &attempts, uuid, || {
+        h.attempt(&request, uuid, attempt, label, false)
+    })
+    .await;
+    match sent {
+        Ok(answer) => {
+            match (&state, comment) {
+                (Some(s), _) => h.records.record_state(uuid, s, revision).await,
+                (None, Some(c)) => {
+                    h.records
+                        .record_comment(uuid, &c.uuid, answer.status, d.delivered)
+                        .await
+                }
+                (None, None) => {}
+            }
+            lifecycle.forget(d);
+            tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, status = answer.status, "delivered");
+            h.metrics.delivery(name, label, "delivered");
+            Outcome::Ack
+        }
+        Err(outcome) => outcome,
+    }
+}
+
+/// No record of the creation yet: wait while it can still come, else say why not.
+async fn wait_for_creation(
+    h: &ForwardHandler,
+    lifecycle: &Lifecycle,
+    d: &Delivery,
+    uuid: &str,
+    label: &'static str,
+) -> Outcome {
+    let name = h.dest.name.as_str();
+    match lifecycle.creation_seen(uuid).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Created before this deployment (or expired from the stream): the destination
+            // never got it, and never will.
+            h.metrics
+                .lifecycle_skipped(name, label, "creation_not_seen");
+            return Outcome::Ack;
+        }
+        Err(e) => {
+            h.metrics.retry(Stage::Forward, Some(name));
+            tracing::warn!(alert.uuid = %uuid, destination = %name, error = %e, "cannot look for the creation; will retry");
+            return Outcome::Retry {
+                after: RECORD_UNKNOWN_DELAY,
+            };
+        }
+    }
+    let waited_for = SystemTime::now()
+        .duration_since(d.published)
+        .unwrap_or_default();
+    if waited_for > lifecycle.creation_wait {
+        lifecycle.forget(d);
+        return Outcome::dead_letter(
+            DeadLetterClass::Exhausted,
+            format!(
+                "the alert's creation was not delivered to this destination within \
+                 forwarder.creation_wait ({}s); replay this entry once it is",
+                lifecycle.creation_wait.as_secs()
+            ),
+            uuid,
+        );
+    }
+    let n = lifecycle.add_wait(d);
+    let after = (Duration::from_millis(500) * 2u32.saturating_pow(n.min(8))).min(MAX_WAIT_STEP);
+    tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, ?after, "waiting for the creation to be delivered");
+    h.metrics.delivery(name, label, "waiting_for_creation");
+    Outcome::Retry { after }
+}
+
+/// The context of a later request: the alert as it is now (`alert`, `node.1`), and `event`
+/// (`kind`, `updated`), `comment`, `remote` (`id`), and `events` / `events_error` when the
+/// enricher searched them. Also what `alertsync render --event` renders with.
+pub fn later_context(
+    alert: &alertsync_template::RawAlert,
+    kind: v1::EventKind,
+    updated: &Value,
+    comment: Option<&v1::Comment>,
+    remote_id: Option<&str>,
+    events: Option<(&Value, &str)>,
+) -> Context {
+    let event = json!({"kind": kind.label(), "updated": updated});
+    let mut ctx = Context::from_raw(alert)
+        .with_json("event", &event)
+        .with_json("remote", &json!({"id": remote_id}));
+    if let Some(c) = comment {
+        ctx = ctx.with_json(
+            "comment",
+            &json!({
+                "uuid": c.uuid,
+                "content": c.content,
+                "author": c.author,
+                "created_by": c.created_by,
+                "created_by_type": c.created_by_type,
+                "date": c.date,
+            }),
+        );
+    }
+    if let Some((events, error)) = events {
+        ctx = ctx.with_json("events", events);
+        if !error.is_empty() {
+            ctx = ctx.with_json("events_error", &json!(error));
+        }
+    }
+    ctx
+}
+
+/// `ctx` with the events the enricher found (`events`, and `events_error` when the search
+/// failed).
+pub fn with_events(ctx: Context, enriched: &v1::EnrichedAlert) -> Context {
+    let events = serde_json::from_slice::<Value>(&enriched.events_json).unwrap_or(json!([]));
+    let ctx = ctx.with_json("events", &events);
+    if enriched.events_error.is_empty() {
+        ctx
+    } else {
+        ctx.with_json("events_error", &json!(enriched.events_error))
+    }
+}
+
+/// [`later_context`] of a stored event.
+fn context(
+    alert: &alertsync_template::RawAlert,
+    enriched: &v1::EnrichedAlert,
+    notification: &v1::AlertNotification,
+    comment: Option<&v1::Comment>,
+    record: &AlertRecord,
+) -> Context {
+    let updated = serde_json::from_str::<Value>(&notification.updated_json).unwrap_or(json!({}));
+    let events = enriched
+        .events_enabled
+        .then(|| serde_json::from_slice::<Value>(&enriched.events_json).unwrap_or(json!([])));
+    later_context(
+        alert,
+        notification.kind(),
+        &updated,
+        comment,
+        record.remote_id.as_deref(),
+        events.as_ref().map(|e| (e, enriched.events_error.as_str())),
+    )
+}

@@ -1,0 +1,319 @@
+//! The alert's lifecycle out (issue: updates, status changes, comments, events): a delivered
+//! alert's later states and comments reach the destination, after its creation, once each, at
+//! the URL built from the tool's id for it.
+
+use std::time::Duration;
+
+use alertsync_standins::{Reply, alerts};
+use alertsync_tests::*;
+use serde_json::{Value, json};
+
+/// A destination that reads the tool's id from the creation's answer and sends updates
+/// (status changes only, or every state) and comments.
+fn soar(changes: &str) -> String {
+    format!(
+        r#"
+[[destinations]]
+name = "soar"
+url = "{{receiver}}/soar/alerts"
+headers = {{ Authorization = "Bearer ${{SOAR_KEY}}" }}
+json = '''{{"sourceRef": "{{{{ alert.uuid }}}}", "title": "{{{{ alert.title }}}}"}}'''
+remote_id = "{{{{ response.json.id }}}}"
+timeout = "5s"
+[destinations.retry]
+max_attempts = 6
+base_delay = "100ms"
+max_delay = "1s"
+[destinations.on_update]
+method = "patch"
+url = "{{receiver}}/soar/alerts/{{{{ remote.id }}}}"
+json = '''{{"status": "{{{{ alert.status.name }}}}", "urgency": "{{{{ alert.urgency.current_value }}}}", "kind": "{{{{ event.kind }}}}"}}'''
+{changes}
+[destinations.on_comment]
+method = "post"
+url = "{{receiver}}/soar/alerts/{{{{ remote.id }}}}/comments"
+json = '''{{"message": "{{{{ comment.content }}}}", "author": "{{{{ comment.author }}}}"}}'''
+"#
+    )
+}
+
+/// A new alert in the fake Sekoia (not announced).
+fn new_alert(p: &Pipeline) -> (String, Value) {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let alert = alerts::new_alert(&uuid, &alerts::random_short_id(), "rule", "title");
+    p.sekoia.insert_alert(alert.clone());
+    (uuid, alert)
+}
+
+fn to(p: &Pipeline, method: &str, path: &str) -> Vec<alertsync_standins::Recorded> {
+    p.receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == method && r.path == path)
+        .collect()
+}
+
+/// Prints what each stage counted and the requests seen, for a failing test.
+async fn dump(p: &Pipeline) {
+    for url in [
+        p.ingest_url("/metrics"),
+        p.enricher_url("/metrics"),
+        p.forwarder_url("/metrics"),
+    ] {
+        let (_, m) = get_text(&url).await;
+        let lines: Vec<_> = m
+            .lines()
+            .filter(|l| l.contains("_total") && !l.starts_with('#'))
+            .collect();
+        eprintln!("{}", lines.join("\n"));
+    }
+    for r in p.receiver.requests() {
+        eprintln!("{} {} -> {}", r.method, r.path, r.status);
+    }
+    for d in p.dead_letters().await {
+        eprintln!("dead letter: {}", d.reason);
+    }
+}
+
+/// Posts a LiveAPI notification to the webhook; it must be accepted.
+async fn post(p: &Pipeline, notification: &Value) {
+    let (status, body) = p
+        .post_raw(notification.to_string().into_bytes(), Some(WEBHOOK_TOKEN))
+        .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_and_comments_follow_the_creation_once_each_at_the_remote_url() {
+    let p = Pipeline::start_with(
+        &soar(""),
+        "live = true\npoll_interval = \"0\"\n",
+        DEFAULT_ENRICHER,
+    )
+    .await;
+    // The tool answers the creation with its own id, which holds characters that must not
+    // change the URL's path.
+    p.receiver.always(
+        "/soar/alerts",
+        Reply::status(201).body(r#"{"id": "T 42/../x?y"}"#),
+    );
+    let remote_path = "/soar/alerts/T%2042%2F..%2Fx%3Fy";
+    assert!(
+        eventually(SOON, || async { p.sekoia.live_open() > 0 }).await,
+        "the socket connects"
+    );
+    let (uuid, alert) = new_alert(&p);
+    post(&p, &alerts::live_notification(&alert)).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
+            .await
+    );
+    // Acknowledged in Sekoia: announced on the socket, and posted to the webhook too.
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    post(&p, &ack).await;
+    let ok = p
+        .receiver
+        .wait_until(SOON, |r| r.iter().any(|r| r.path == remote_path))
+        .await;
+    if !ok {
+        dump(&p).await;
+    }
+    assert!(ok, "the update reached the remote URL");
+    // Closed a second later (Sekoia's times are whole seconds; same-second states are tested
+    // in the unit tests of the forwarder's state).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let closed = p.sekoia.set_status(&uuid, "Closed");
+    post(&p, &closed).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r
+                .iter()
+                .filter(|r| r.method == "PATCH" && r.path == remote_path)
+                .count()
+                >= 2)
+            .await
+    );
+    let comment = p
+        .sekoia
+        .add_comment(&uuid, "looks \"bad\" {{ 7*7 }}\r\nX: y", "Jane");
+    post(&p, &comment).await;
+    let comments_path = format!("{remote_path}/comments");
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.path == comments_path))
+            .await
+    );
+    // Whatever else is in flight settles; nothing more may come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let patches = to(&p, "PATCH", remote_path);
+    let statuses: Vec<Value> = patches
+        .iter()
+        .map(|r| r.json().unwrap()["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![json!("Acknowledged"), json!("Closed")],
+        "one PATCH per state, in order"
+    );
+    assert_eq!(patches[0].json().unwrap()["kind"], "updated");
+    assert_ne!(
+        patches[0].header("idempotency-key"),
+        patches[1].header("idempotency-key")
+    );
+    assert!(
+        patches[0]
+            .header("idempotency-key")
+            .unwrap()
+            .starts_with(&format!("{uuid}:soar:updated:"))
+    );
+    let posted = to(&p, "POST", &comments_path);
+    assert_eq!(posted.len(), 1, "one POST for the comment");
+    assert_eq!(
+        posted[0].json().unwrap()["message"],
+        "looks \"bad\" {{ 7*7 }}\r\nX: y"
+    );
+    assert_eq!(posted[0].json().unwrap()["author"], "Jane");
+    assert_eq!(
+        posted[0].header("authorization"),
+        Some(format!("Bearer {SOAR_KEY}").as_str())
+    );
+    assert_eq!(to(&p, "POST", "/soar/alerts").len(), 1, "one creation");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_waits_for_a_creation_still_being_retried_and_is_never_sent_before_it() {
+    let p = Pipeline::start(&soar("")).await;
+    // The creation fails three times before the tool takes it.
+    p.receiver.script(
+        "/soar/alerts",
+        vec![Reply::status(503), Reply::status(503), Reply::status(503)],
+    );
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-1"}"#));
+    let (uuid, alert) = new_alert(&p);
+    post(&p, &alerts::live_notification(&alert)).await;
+    // The creation was enriched (it is being tried) before the alert changes.
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.status == 503))
+            .await
+    );
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    post(&p, &ack).await;
+    let ok = p
+        .receiver
+        .wait_until(SOON, |r| r.iter().any(|r| r.method == "PATCH"))
+        .await;
+    if !ok {
+        dump(&p).await;
+    }
+    assert!(ok, "the update arrives once the creation is delivered");
+    let requests = p.receiver.requests();
+    let created_at = requests
+        .iter()
+        .position(|r| r.path == "/soar/alerts" && r.status == 201)
+        .expect("the creation was delivered");
+    let patched_at = requests.iter().position(|r| r.method == "PATCH").unwrap();
+    assert!(
+        created_at < patched_at,
+        "the update came after the creation"
+    );
+    assert_eq!(requests[patched_at].path, "/soar/alerts/T-1");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_or_repeated_state_is_skipped_and_a_never_seen_alert_gets_no_update() {
+    let p = Pipeline::start(&soar("changes = [\"status\"]")).await;
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-2"}"#));
+    let (uuid, alert) = new_alert(&p);
+    post(&p, &alerts::live_notification(&alert)).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    // The same update three times (as the socket, the webhook and a retrying tool would).
+    for _ in 0..3 {
+        post(&p, &ack).await;
+    }
+    // The same state announced under another notification uuid: enriched again, not sent.
+    let mut again = ack.clone();
+    again["metadata"]["uuid"] = json!(uuid::Uuid::new_v4().to_string());
+    post(&p, &again).await;
+    // An urgency change only: not a status change, not sent (`changes = ["status"]`).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let urgent = p.sekoia.set_urgency(&uuid, 90);
+    post(&p, &urgent).await;
+    // An alert created before this deployment: its update is counted, not sent.
+    let (old, _) = new_alert(&p);
+    let old_update = p.sekoia.set_status(&old, "Acknowledged");
+    post(&p, &old_update).await;
+    assert!(
+        eventually(SOON, || async {
+            let (_, m) = get_text(&p.forwarder_url("/metrics")).await;
+            metric(&m, "alertsync_lifecycle_skipped_total{destination=\"soar\",kind=\"updated\",reason=\"same_state\"}") >= 1.0
+                && metric(&m, "alertsync_lifecycle_skipped_total{destination=\"soar\",kind=\"updated\",reason=\"unchanged\"}") >= 1.0
+                && metric(&m, "alertsync_lifecycle_skipped_total{destination=\"soar\",kind=\"updated\",reason=\"creation_not_seen\"}") == 1.0
+        })
+        .await
+    );
+    let patches = to(&p, "PATCH", "/soar/alerts/T-2");
+    assert_eq!(patches.len(), 1, "one PATCH for one new status");
+    assert_eq!(patches[0].json().unwrap()["status"], "Acknowledged");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_and_comments_made_while_the_ingest_was_down_arrive_through_the_poller() {
+    let p = Pipeline::start_with(
+        &soar(""),
+        "live = false\npoll_interval = \"1s\"\npoll_lookback = \"10m\"\n",
+        DEFAULT_ENRICHER,
+    )
+    .await;
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-3"}"#));
+    let (uuid, _) = new_alert(&p);
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
+            .await,
+        "the poller found the alert"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Nobody hears these (no socket): only the poller can find them.
+    p.sekoia.set_status(&uuid, "Ongoing");
+    p.sekoia.add_comment(&uuid, "seen while down", "Jane");
+    let ok = p
+        .receiver
+        .wait_until(SOON, |r| {
+            r.iter().any(|r| r.method == "PATCH")
+                && r.iter().any(|r| r.path == "/soar/alerts/T-3/comments")
+        })
+        .await;
+    if !ok {
+        dump(&p).await;
+    }
+    assert!(ok, "the poller caught up the update and the comment");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(to(&p, "PATCH", "/soar/alerts/T-3").len(), 1);
+    // The alert's older comment (the fixture has one) is caught up too; each comment once.
+    let comments = to(&p, "POST", "/soar/alerts/T-3/comments");
+    let new: Vec<_> = comments
+        .iter()
+        .filter(|r| r.json().unwrap()["message"] == "seen while down")
+        .collect();
+    assert_eq!(new.len(), 1);
+    let keys: std::collections::HashSet<_> = comments
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
+    assert_eq!(keys.len(), comments.len(), "no comment sent twice");
+    p.shutdown().await;
+}
