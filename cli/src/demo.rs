@@ -6,6 +6,8 @@
 //! playbook's two templates: the main one (`/soar`) and the Bonus Sekoia intake one (`/intake`).
 //! Once the SOAR has an alert (it answers with a ticket id), an analyst acknowledges the alert
 //! in the fake Sekoia and comments on it: the SOAR gets a PATCH of its ticket and the comment.
+//! Then the SOAR closes its ticket (`POST /v1/sync/soar`): the Sekoia alert turns Closed, and
+//! that change is not echoed back to the SOAR.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +40,7 @@ const WEBHOOK_TOKEN: &str = "demo-webhook-token-not-secret";
 const SEKOIA_KEY: &str = "demo-sekoia-api-key";
 const INTAKE_KEY: &str = "demo-intake-key-1234";
 const SOAR_KEY: &str = "demo-soar-api-key";
+const SOAR_SYNC_TOKEN: &str = "demo-soar-sync-token-not-secret";
 
 /// The demo's configuration, in the same format as `alertsync.example.toml`.
 fn demo_config(nats_url: &str, sekoia: &str, receiver: &str) -> String {
@@ -74,6 +77,17 @@ changes = ["status"]
 method = "post"
 url = "{receiver}/soar/{{{{ remote.id }}}}/comments"
 json = '''{{"message": "{{{{ comment.content }}}}", "author": "{{{{ comment.author }}}}"}}'''
+# Two-way: the ticket is commented back on the Sekoia alert, and closing the ticket in the
+# SOAR (a POST to /v1/sync/soar) closes the alert in Sekoia.
+[destinations.after_create]
+comment = "SOAR ticket {{{{ response.json.id }}}} opened"
+[destinations.sync_back]
+token = "${{SOAR_SYNC_TOKEN}}"
+alert = "{{{{ body.ticket.source_ref }}}}"
+status = "{{{{ body.ticket.state }}}}"
+comment = "{{{{ body.ticket.resolution }}}}"
+[destinations.sync_back.statuses]
+closed = "Closed"
 
 [[destinations]]
 name = "intake"
@@ -91,6 +105,7 @@ fn demo_env(name: &str) -> Option<String> {
         "ALERTSYNC_WEBHOOK_TOKEN" => Some(WEBHOOK_TOKEN.into()),
         "SOAR_API_KEY" => Some(SOAR_KEY.into()),
         "SEKOIA_INTAKE_KEY" => Some(INTAKE_KEY.into()),
+        "SOAR_SYNC_TOKEN" => Some(SOAR_SYNC_TOKEN.into()),
         _ => None,
     }
 }
@@ -100,6 +115,7 @@ fn demo_env(name: &str) -> Option<String> {
 async fn analyst(
     sekoia: FakeSekoia,
     webhook: String,
+    sync_url: String,
     mut alerts: tokio::sync::mpsc::UnboundedReceiver<String>,
     shutdown: CancellationToken,
 ) {
@@ -132,7 +148,46 @@ async fn analyst(
         );
         println!("[sekoia]   alert {short_id} commented by an analyst");
         post(&client, &webhook, &comment).await;
+        // The SOAR's analyst closes the ticket; the SOAR tells alertsync.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let closed = serde_json::json!({"ticket": {
+            "source_ref": uuid, "state": "closed", "resolution": "Closed in the SOAR: benign",
+        }});
+        let sent = client
+            .post(&sync_url)
+            .bearer_auth(SOAR_SYNC_TOKEN)
+            .json(&closed)
+            .send()
+            .await;
+        match sent {
+            Ok(r) => println!(
+                "[soar]     ticket of alert {short_id} closed; POST /v1/sync/soar answered {}",
+                r.status().as_u16()
+            ),
+            Err(e) => println!(
+                "[soar]     sync endpoint unreachable: {}",
+                alertsync_http::describe_error(&e)
+            ),
+        }
+        let sekoia = sekoia.clone();
+        tokio::spawn(async move {
+            for _ in 0..300 {
+                let status = sekoia
+                    .alert(&uuid)
+                    .and_then(|a| a["status"]["name"].as_str().map(str::to_string));
+                if status.as_deref() == Some("Closed") {
+                    println!("[sekoia]   alert {short_id} is now Closed (from the SOAR)");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
+}
+
+/// Alerts of the fake Sekoia in status Closed.
+fn closed_alerts(sekoia: &FakeSekoia) -> usize {
+    sekoia.closed_count()
 }
 
 /// Announces `notification` to the ingest webhook.
@@ -233,9 +288,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops.\n");
 
+    let sync_url = webhook.replace("/v1/alerts", "/v1/sync/soar");
     let analyst = tokio::spawn(analyst(
         sekoia.clone(),
         webhook.clone(),
+        sync_url,
         follow_rx,
         shutdown.clone(),
     ));
@@ -261,10 +318,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     })
                     .count()
             };
+            let closed = closed_alerts(&sekoia);
             if delivered.load(Ordering::SeqCst) >= n
                 && receiver.requests_to("/soar").len() >= n
                 && followed("PATCH", false) >= n
                 && followed("POST", true) >= n
+                && closed >= n
             {
                 break;
             }
@@ -280,7 +339,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
         println!(
             "\n{n} alerts delivered to both destinations, then acknowledged and commented in \
-             the SOAR; stopping."
+             the SOAR, then closed from the SOAR in Sekoia; stopping."
         );
         shutdown.cancel();
     }

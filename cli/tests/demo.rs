@@ -50,5 +50,22 @@ fn the_demo_delivers_alerts_to_both_destinations_and_stops_cleanly() {
         .map(|l| serde_json::from_str(l.trim()).expect("printed body is JSON"))
         .collect();
     assert!(bodies.len() >= 6, "{stdout}");
+    // The SOAR closed its tickets: the alerts turned Closed in Sekoia, with the ticket first
+    // commented back on them, and the SOAR was not told of its own change.
+    assert!(
+        stdout.matches("is now Closed (from the SOAR)").count() >= 3,
+        "{stdout}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let patched: Vec<serde_json::Value> = lines
+        .windows(2)
+        .filter(|w| w[0].contains("PATCH /soar/"))
+        .map(|w| serde_json::from_str(w[1].trim()).expect("printed body is JSON"))
+        .collect();
+    assert!(patched.len() >= 3, "{stdout}");
+    assert!(
+        patched.iter().all(|b| b["status"] != "Closed"),
+        "a change made by the SOAR was echoed back to it:\n{stdout}"
+    );
     assert!(stdout.contains("3 alerts delivered to both destinations, then acknowledged"));
 }

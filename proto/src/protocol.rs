@@ -21,6 +21,8 @@ pub enum Stage {
     Enrich,
     /// The enriched stream → destinations.
     Forward,
+    /// Writes back to Sekoia (after a creation is delivered, or for a tool's notification).
+    WriteBack,
 }
 
 impl Stage {
@@ -32,6 +34,7 @@ impl Stage {
             Stage::Ingest => "ingest",
             Stage::Enrich => "enrich",
             Stage::Forward => "forward",
+            Stage::WriteBack => "writeback",
         }
     }
 
@@ -41,6 +44,7 @@ impl Stage {
             "ingest" => Some(Stage::Ingest),
             "enrich" => Some(Stage::Enrich),
             "forward" => Some(Stage::Forward),
+            "writeback" => Some(Stage::WriteBack),
             _ => None,
         }
     }
@@ -70,6 +74,9 @@ pub enum DeadLetterClass {
     TooLarge,
     /// A template could not be rendered for this alert.
     Render,
+    /// A Sekoia status asked for cannot be reached from the alert's status (no transition
+    /// bears its name).
+    NoTransition,
 }
 
 impl DeadLetterClass {
@@ -83,6 +90,7 @@ impl DeadLetterClass {
             DeadLetterClass::HttpOther => "http_other",
             DeadLetterClass::TooLarge => "too_large",
             DeadLetterClass::Render => "render",
+            DeadLetterClass::NoTransition => "no_transition",
         }
     }
 

@@ -19,7 +19,7 @@ use alertsync_config::{Config, Stage};
 use alertsync_nats::{Subjects, async_nats::jetstream};
 use alertsync_nats_launcher::{NatsCluster, NatsServer};
 use alertsync_proto::{Message as _, v1};
-use alertsync_standins::{FakeSekoia, Receiver, Recorded};
+use alertsync_standins::{FakeSekoia, Receiver, Recorded, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -374,6 +374,11 @@ pub struct Options {
     pub log_filter: String,
     /// Put a secret token in the destinations' URL query.
     pub token_in_url: bool,
+    /// Destinations follow the alerts' lifecycle: the receiver answers each creation with the
+    /// alert uuid as the tool's id, updates (`PATCH <path>/t/<id>`) and comments
+    /// (`POST <path>/t/<id>/comments`) carry the alert uuid as `alert_short_id`, and each
+    /// delivered creation is commented back on the Sekoia alert (`Ticket <id>`).
+    pub lifecycle: bool,
 }
 
 impl Default for Options {
@@ -384,6 +389,7 @@ impl Default for Options {
             concurrency: 16,
             log_filter: "info".into(),
             token_in_url: false,
+            lifecycle: false,
         }
     }
 }
@@ -445,6 +451,18 @@ impl FaultPipeline {
             .parse()
             .expect("receiver addr");
         let receiver_proxy = FaultProxy::start(receiver_addr).await;
+        if options.lifecycle {
+            for (_, path) in &options.destinations {
+                // The tool's id for an alert is its uuid: later requests name their alert.
+                receiver.respond_with(path, |body| {
+                    let id = serde_json::from_slice::<serde_json::Value>(body)
+                        .ok()
+                        .and_then(|j| j["alert_short_id"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    Reply::status(201).body(&serde_json::json!({ "id": id }).to_string())
+                });
+            }
+        }
 
         let ports = [free_port(), free_port(), free_port()];
         let query = if options.token_in_url {
@@ -452,10 +470,34 @@ impl FaultPipeline {
         } else {
             ""
         };
+        let lifecycle = |path: &str| {
+            if !options.lifecycle {
+                return String::new();
+            }
+            format!(
+                r#"
+[destinations.on_update]
+method = "patch"
+url = "{{receiver}}{path}/t/{{{{ remote.id }}}}"
+json = '''{{"alert_short_id": "{{{{ alert.uuid }}}}", "status": "{{{{ alert.status.name }}}}"}}'''
+[destinations.on_comment]
+url = "{{receiver}}{path}/t/{{{{ remote.id }}}}/comments"
+json = '''{{"alert_short_id": "{{{{ alert.uuid }}}}", "comment": "{{{{ comment.uuid }}}}"}}'''
+[destinations.after_create]
+comment = "Ticket {{{{ response.json.id }}}}"
+"#
+            )
+        };
         let destinations: String = options
             .destinations
             .iter()
             .map(|(name, path)| {
+                let later = lifecycle(path);
+                let remote = if options.lifecycle {
+                    "remote_id = \"{{ response.json.id }}\""
+                } else {
+                    ""
+                };
                 format!(
                     r#"
 [[destinations]]
@@ -466,12 +508,13 @@ headers = {{ Authorization = "Bearer ${{SOAR_KEY}}" }}
 json = '''{MAIN_TEMPLATE}'''
 timeout = "2s"
 concurrency = {concurrency}
+{remote}
 [destinations.retry]
 max_attempts = 10
 base_delay = "200ms"
 max_delay = "2s"
 max_retry_after = "10s"
-"#,
+{later}"#,
                     concurrency = options.concurrency
                 )
             })

@@ -317,3 +317,110 @@ async fn updates_and_comments_made_while_the_ingest_was_down_arrive_through_the_
     assert_eq!(keys.len(), comments.len(), "no comment sent twice");
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_state_arriving_after_a_newer_one_is_skipped() {
+    use alertsync_proto::{Message as _, v1};
+    let p = Pipeline::start(&soar("")).await;
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-5"}"#));
+    let (uuid, alert) = new_alert(&p);
+    post(&p, &alerts::live_notification(&alert)).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let closed = p.sekoia.set_status(&uuid, "Closed");
+    post(&p, &closed).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.method == "PATCH"))
+            .await
+    );
+    // An enrichment of an earlier state (Ongoing, a second before) that was held up and comes
+    // last, as a slow enricher replica would publish it.
+    let mut older = p.sekoia.alert(&uuid).unwrap();
+    older["status"] = json!({"uuid": "1f2f88d5-ff5b-48bf-bbbc-00c2fff82d9f", "name": "Ongoing"});
+    older["updated_at"] = json!(older["updated_at"].as_i64().unwrap() - 1);
+    let late = v1::EnrichedAlert {
+        created: Some(v1::AlertNotification {
+            alert_uuid: uuid.clone(),
+            kind: v1::EventKind::Updated as i32,
+            event_id: "late".into(),
+            updated_json: "{}".into(),
+            ..Default::default()
+        }),
+        alert_json: serde_json::to_vec(&older).unwrap().into(),
+        ..Default::default()
+    };
+    p.js.publish(p.subjects().enriched(""), late.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        eventually(SOON, || async {
+            let (_, m) = get_text(&p.forwarder_url("/metrics")).await;
+            metric(&m, "alertsync_lifecycle_skipped_total{destination=\"soar\",kind=\"updated\",reason=\"older_state\"}") == 1.0
+        })
+        .await
+    );
+    let patches = to(&p, "PATCH", "/soar/alerts/T-5");
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0].json().unwrap()["status"], "Closed");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updates_of_a_dead_lettered_creation_are_skipped_until_the_creation_is_replayed() {
+    let p = Pipeline::start(&soar("")).await;
+    // The tool refuses the creation (a 400 is not retried): dead-lettered.
+    p.receiver.script(
+        "/soar/alerts",
+        vec![Reply::status(400).body(r#"{"error":"no"}"#)],
+    );
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-6"}"#));
+    let (uuid, alert) = new_alert(&p);
+    post(&p, &alerts::live_notification(&alert)).await;
+    let dead = p.wait_dead_letters(1, SOON).await;
+    assert_eq!(dead.len(), 1);
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    post(&p, &ack).await;
+    assert!(
+        eventually(SOON, || async {
+            let (_, m) = get_text(&p.forwarder_url("/metrics")).await;
+            metric(&m, "alertsync_lifecycle_skipped_total{destination=\"soar\",kind=\"updated\",reason=\"creation_dead_lettered\"}") == 1.0
+        })
+        .await,
+        "the update was counted, not sent"
+    );
+    // The creation replayed from the dead-letter queue is delivered; the next update flows.
+    let replay = p.subjects().replay_forward("soar");
+    p.js.publish(replay, dead[0].original_payload.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r
+                .iter()
+                .any(|r| r.path == "/soar/alerts" && r.status == 201))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let closed = p.sekoia.set_status(&uuid, "Closed");
+    post(&p, &closed).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.method == "PATCH"))
+            .await
+    );
+    let patches = to(&p, "PATCH", "/soar/alerts/T-6");
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0].json().unwrap()["status"], "Closed");
+    p.shutdown().await;
+}

@@ -264,8 +264,11 @@ impl Dlq {
         };
         match Stage::from_token(&l.stage) {
             Some(Stage::Enrich) => {
-                let created = format!("{}.alerts.created.", self.subjects.prefix());
-                if l.original_subject.starts_with(&created) {
+                // Creations, updates and comments go back to their own subjects.
+                let alerts = format!("{}.alerts.", self.subjects.prefix());
+                if l.original_subject.starts_with(&alerts)
+                    && !l.original_subject.contains(".alerts.enriched.")
+                {
                     Ok(l.original_subject.clone())
                 } else {
                     Ok(self.subjects.created(""))
@@ -281,6 +284,14 @@ impl Dlq {
                     Ok(self.subjects.replay_forward(d))
                 } else {
                     Err(not(format!("invalid destination name {d:?}")))
+                }
+            }
+            Some(Stage::WriteBack) => {
+                let writeback = format!("{}.writeback.", self.subjects.prefix());
+                if l.original_subject.starts_with(&writeback) {
+                    Ok(l.original_subject.clone())
+                } else {
+                    Err(not("not a write-back subject".into()))
                 }
             }
             _ => Err(not(format!("unknown stage {:?}", l.stage))),

@@ -34,8 +34,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use destinations::{
-    Change, DestinationConfig, DestinationFilter, LaterRequest, Method, UrlTemplate,
-    is_credential_header,
+    AfterCreate, Change, DestinationConfig, DestinationFilter, LaterRequest, Method, SyncBack,
+    UrlTemplate, is_credential_header,
 };
 pub use duration::HumanDuration;
 pub use enricher::{EnricherConfig, EventsConfig, OnFailure};

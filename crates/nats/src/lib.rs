@@ -9,6 +9,7 @@
 //! - [`publish`]: publishing with a message id and awaiting the JetStream acknowledgement.
 
 pub mod connect;
+pub mod keys;
 pub mod publish;
 pub mod subjects;
 pub mod topology;

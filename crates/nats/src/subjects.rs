@@ -72,6 +72,33 @@ impl Subjects {
         format!("{}.alerts.comment.>", self.prefix)
     }
 
+    /// `<prefix>.writeback.<destination>.<alert uuid>.<id>`: one subject per write-back, so
+    /// the same one (a creation delivered twice, a notification posted twice) is stored once.
+    pub fn writeback(&self, destination: &str, alert_uuid: &str, id: &str) -> String {
+        format!(
+            "{}.writeback.{}.{}.{}",
+            self.prefix,
+            plain_token(destination),
+            uuid_token(alert_uuid),
+            plain_token(id)
+        )
+    }
+
+    /// Every write-back subject.
+    pub fn writeback_all(&self) -> String {
+        format!("{}.writeback.>", self.prefix)
+    }
+
+    /// Stream of write-backs.
+    pub fn writeback_stream(&self) -> String {
+        format!("{}_WRITEBACK", self.stream_base)
+    }
+
+    /// Durable consumer of the write-back stage.
+    pub fn writeback_consumer(&self) -> String {
+        "writeback".to_string()
+    }
+
     /// `<prefix>.alerts.enriched.<community>`.
     pub fn enriched(&self, community: &str) -> String {
         format!("{}.alerts.enriched.{}", self.prefix, uuid_token(community))

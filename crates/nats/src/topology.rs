@@ -7,6 +7,8 @@
 //!   comment): what happened to alerts, in the order the ingest saw it;
 //! - `<PREFIX>_ALERTS_ENRICHED` on `<prefix>.alerts.enriched.>` and
 //!   `<prefix>.replay.forward.>` (alerts replayed from the DLQ for one destination);
+//! - `<PREFIX>_WRITEBACK` on `<prefix>.writeback.>`: what is to be written back to Sekoia
+//!   alerts (after a delivery, or for a tool's notification), one subject per write-back;
 //! - `<PREFIX>_DLQ` on `<prefix>.dlq.>`, kept `nats.dlq_max_age` so operators can inspect and
 //!   replay entries by sequence.
 //!
@@ -106,6 +108,14 @@ impl Topology {
         self.ensure_stream(
             s.enriched_stream(),
             vec![s.enriched_all(), s.replay_forward_all()],
+            age,
+            dup,
+            None,
+        )
+        .await?;
+        self.ensure_stream(
+            s.writeback_stream(),
+            vec![s.writeback_all()],
             age,
             dup,
             None,

@@ -99,6 +99,8 @@ struct Inner {
     sekoia_errors: Family<Labels, Counter>,
     deliveries: Family<Labels, Counter>,
     lifecycle_skipped: Family<Labels, Counter>,
+    writebacks: Family<Labels, Counter>,
+    sync_notifications: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     dead_lettered: Family<Labels, Counter>,
     circuit_state: Family<Labels, Gauge>,
@@ -129,6 +131,8 @@ impl Metrics {
         let sekoia_errors = Family::<Labels, Counter>::default();
         let deliveries = Family::<Labels, Counter>::default();
         let lifecycle_skipped = Family::<Labels, Counter>::default();
+        let writebacks = Family::<Labels, Counter>::default();
+        let sync_notifications = Family::<Labels, Counter>::default();
         let retries = Family::<Labels, Counter>::default();
         let dead_lettered = Family::<Labels, Counter>::default();
         let circuit_state = Family::<Labels, Gauge>::default();
@@ -183,6 +187,16 @@ impl Metrics {
             "lifecycle_skipped",
             "Updates and comments not sent to a destination, by destination, kind and reason",
             lifecycle_skipped.clone(),
+        );
+        registry.register(
+            "writebacks",
+            "Changes written back to Sekoia alerts, by destination and what (comment, status)",
+            writebacks.clone(),
+        );
+        registry.register(
+            "sync_notifications",
+            "Notifications from tools on /v1/sync, by destination and outcome",
+            sync_notifications.clone(),
         );
         registry.register(
             "retries",
@@ -246,6 +260,8 @@ impl Metrics {
                 sekoia_errors,
                 deliveries,
                 lifecycle_skipped,
+                writebacks,
+                sync_notifications,
                 retries,
                 dead_lettered,
                 circuit_state,
@@ -345,6 +361,24 @@ impl Metrics {
             .created_to_delivered
             .get_or_create(&labels([("destination", destination)]))
             .observe(d.as_secs_f64());
+    }
+    /// A change (`comment`, `status`) written back to a Sekoia alert for `destination`.
+    pub fn writeback(&self, destination: &str, what: &str) {
+        self.inner
+            .writebacks
+            .get_or_create(&labels([("destination", destination), ("what", what)]))
+            .inc();
+    }
+    /// A tool's notification on `/v1/sync/<destination>` came to `outcome` (stored, duplicate,
+    /// ignored_status, unauthorized, not_delivered, bad_request…).
+    pub fn sync_notification(&self, destination: &str, outcome: &str) {
+        self.inner
+            .sync_notifications
+            .get_or_create(&labels([
+                ("destination", destination),
+                ("outcome", outcome),
+            ]))
+            .inc();
     }
     /// A message of `stage` (for `destination`) scheduled for another attempt.
     pub fn retry(&self, stage: Stage, destination: Option<&str>) {

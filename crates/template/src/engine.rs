@@ -75,6 +75,15 @@ impl Engine {
         self
     }
 
+    /// This engine, with an attribute of a missing value reading as missing too (Jinja2's
+    /// `ChainableUndefined`): for templates that read optional parts of an outside payload
+    /// (a tool's notification), where "absent" must mean "empty", not an error.
+    pub fn with_chainable_undefined(mut self) -> Self {
+        self.env
+            .set_undefined_behavior(UndefinedBehavior::Chainable);
+        self
+    }
+
     /// Compiles a body template.
     ///
     /// The text must be a valid Jinja template. If it is also valid JSON, it is rendered

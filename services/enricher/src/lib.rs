@@ -11,11 +11,15 @@
 //!   comment's author and date.
 //! - [`filter`]: the Alert Created trigger's filters (`rule_filter`, `rule_names_filter`) and
 //!   `sekoia.communities`, applied to the fetched alert: a filtered alert is acked and counted.
+//! - [`writeback`]: the write-back stage (`[destinations.after_create]`, `/v1/sync`): comments
+//!   and status changes applied to Sekoia alerts, behind a gate of its own; it runs here, with
+//!   the Sekoia key, when some destination writes back.
 //! - [`Enricher`]: builds (connects, ensures topology, binds health) and runs the service.
 
 pub mod events;
 pub mod filter;
 pub mod handler;
+pub mod writeback;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +38,16 @@ use tokio_util::sync::CancellationToken;
 const SEKOIA_GATE: &str = "sekoia_api";
 
 /// The readiness detail of the circuit to Sekoia.
+/// Gate (and readiness check) of the write-back stage's calls to Sekoia.
+const WRITE_GATE: &str = "sekoia_write";
+
+fn describe_write_gate(status: &GateStatus) -> String {
+    match status.state {
+        GateState::Open => "writes to Sekoia go through".into(),
+        _ => describe_gate(status).replace("Get Alert", "Sekoia write-back"),
+    }
+}
+
 fn describe_gate(status: &GateStatus) -> String {
     let what = match status.state {
         GateState::Open => return "Get Alert answers".into(),
@@ -192,8 +206,74 @@ impl Enricher {
             dead_letters,
         )
         .with_gate(gate)
-        .with_metrics(metrics);
+        .with_metrics(metrics.clone());
         runner.worker(worker, handler);
+        let writes_back = cfg
+            .destinations
+            .iter()
+            .any(|d| d.after_create.is_some() || d.sync_back.is_some());
+        if writes_back {
+            let consumer = topology
+                .ensure_consumer(&ConsumerSpec {
+                    stream: subjects.writeback_stream(),
+                    name: subjects.writeback_consumer(),
+                    filter: subjects.writeback_all(),
+                    // Up to five calls (identity, comment, Get Alert, workflow, PATCH).
+                    ack_wait: sekoia_cfg.timeout.get() * 5
+                        + cfg.nats.request_timeout.get() * 4
+                        + Duration::from_secs(30),
+                    max_ack_pending: 1000,
+                })
+                .await?;
+            let m = metrics.clone();
+            let write_gate = runner.gate(
+                WRITE_GATE,
+                policy,
+                WRITE_GATE,
+                describe_write_gate,
+                move |open| m.sekoia_circuit_open(!open),
+            );
+            let probe = write_gate.clone();
+            key.on_accepted(move || probe.probe_now());
+            let records = topology
+                .ensure_delivery_records(cfg.forwarder.delivery_record_max_age.get())
+                .await?;
+            let handler = Arc::new(writeback::WriteBackHandler::new(
+                sekoia.clone(),
+                write_gate.clone(),
+                alertsync_worker::CallPolicy {
+                    retry: alertsync_http::RetryPolicy {
+                        base: e.retry.base_delay.get(),
+                        max: e.retry.max_delay.get(),
+                        max_retry_after: e.retry.max_retry_after.get(),
+                    },
+                    max_attempts: e.retry.max_attempts,
+                    not_yet_attempts: e.not_found_attempts,
+                },
+                records,
+                metrics.clone(),
+            ));
+            let dead_letters = DeadLetters::new(
+                topology.context().clone(),
+                subjects.dead_letter(Stage::WriteBack, None),
+                Stage::WriteBack,
+                None,
+                cfg.redactor.clone(),
+                metrics.clone(),
+            );
+            let worker = Worker::new(
+                consumer,
+                WorkerConfig {
+                    name: "writeback".into(),
+                    concurrency: e.concurrency.min(16),
+                    span_name: "writeback_process",
+                },
+                dead_letters,
+            )
+            .with_gate(write_gate)
+            .with_metrics(metrics.clone());
+            runner.worker(worker, handler);
+        }
         let (interval, rejected_retry) = (
             sekoia_cfg.key_check_interval.get(),
             sekoia_cfg.rejected_key_retry.get(),

@@ -79,6 +79,8 @@ pub struct Destination {
     pub changes: Vec<Change>,
     /// `remote_id`, compiled.
     remote_id: Option<TextTemplate>,
+    /// `[destinations.after_create]`: the comment template, the status, the author.
+    after_create: Option<(Option<TextTemplate>, Option<String>, String)>,
     max_body_bytes: Option<usize>,
     client: reqwest::Client,
     /// Retry delays.
@@ -104,6 +106,28 @@ pub struct Answer {
     pub headers: Vec<(String, String)>,
     /// The body (only when read, up to 1 MiB).
     pub body: Option<bytes::Bytes>,
+}
+
+/// `ctx` with the creation's answer as `response` (`status`, `headers`, `json`, `text`).
+fn with_response(ctx: &Context, answer: &Answer) -> Context {
+    let text = answer
+        .body
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    let json = serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = answer
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+        .collect();
+    let response = serde_json::json!({
+        "status": answer.status,
+        "headers": headers,
+        "json": json,
+        "text": text,
+    });
+    ctx.clone().with_json("response", &response)
 }
 
 impl RequestTemplate {
@@ -296,6 +320,18 @@ impl Destination {
             .map(|t| engine.compile_text(t))
             .transpose()
             .map_err(|e| err("remote_id", e.to_string()))?;
+        let after_create = match &cfg.after_create {
+            None => None,
+            Some(a) => Some((
+                a.comment
+                    .as_deref()
+                    .map(|t| engine.compile_text(t))
+                    .transpose()
+                    .map_err(|e| err("after_create.comment", e.to_string()))?,
+                a.status.clone().filter(|s| !s.is_empty()),
+                a.author.clone(),
+            )),
+        };
         let client = alertsync_http::client_builder()
             .timeout(cfg.timeout.get())
             .tls_danger_accept_invalid_certs(!cfg.verify_tls)
@@ -314,6 +350,7 @@ impl Destination {
                 .map(|u| u.changes.clone())
                 .unwrap_or_default(),
             remote_id,
+            after_create,
             max_body_bytes: cfg.max_body_bytes,
             client,
             retry: RetryPolicy {
@@ -331,12 +368,34 @@ impl Destination {
     /// `on_comment` or `remote_id`): then its records say how each creation ended (delivered
     /// with the remote id and the state sent, filtered, dead-lettered).
     pub fn follows_lifecycle(&self) -> bool {
-        self.on_update.is_some() || self.on_comment.is_some() || self.remote_id.is_some()
+        self.on_update.is_some()
+            || self.on_comment.is_some()
+            || self.remote_id.is_some()
+            || self.after_create.is_some()
     }
 
-    /// Whether a 2xx answer's head and body are read (for `remote_id`).
+    /// What `[destinations.after_create]` writes back for the alert of `ctx` once its creation
+    /// got `answer`: (comment, author, status). `None` without `after_create`; `Err` when the
+    /// comment cannot be rendered (the write-back then goes without it, the reason logged).
+    pub fn after_create(
+        &self,
+        ctx: &Context,
+        answer: &Answer,
+    ) -> Option<(Result<String, String>, String, String)> {
+        let (comment, status, author) = self.after_create.as_ref()?;
+        let comment = match comment {
+            None => Ok(String::new()),
+            Some(t) => t
+                .render(&with_response(ctx, answer))
+                .map(|c| c.trim().to_string())
+                .map_err(|e| format!("rendering after_create.comment failed: {e}")),
+        };
+        Some((comment, author.clone(), status.clone().unwrap_or_default()))
+    }
+
+    /// Whether a 2xx answer's head and body are read (for `remote_id`, `after_create`).
     pub fn reads_answers(&self) -> bool {
-        self.remote_id.is_some()
+        self.remote_id.is_some() || self.after_create.is_some()
     }
 
     /// Renders the creation request for an alert. Errors are reasons for a dead-letter entry
@@ -365,25 +424,8 @@ impl Destination {
         let Some(t) = &self.remote_id else {
             return Ok(None);
         };
-        let text = answer
-            .body
-            .as_ref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
-        let json = serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default();
-        let headers: serde_json::Map<String, serde_json::Value> = answer
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-            .collect();
-        let response = serde_json::json!({
-            "status": answer.status,
-            "headers": headers,
-            "json": json,
-            "text": text,
-        });
         let id = t
-            .render(&ctx.clone().with_json("response", &response))
+            .render(&with_response(ctx, answer))
             .map_err(|e| format!("rendering remote_id failed: {e}"))?;
         let id = id.trim();
         if id.is_empty() {

@@ -213,9 +213,38 @@ impl ForwardHandler {
         answer: &Answer,
         ctx: Option<&Context>,
         d: &Delivery,
-    ) {
+    ) -> Result<(), Outcome> {
         let name = self.dest.name.as_str();
         let status = answer.status;
+        // The write-back is stored before the record: a crash in between sends the creation
+        // again (same Idempotency-Key) and stores nothing new; one after the record finds it.
+        if let (Some(lifecycle), Some(ctx)) = (&self.lifecycle, ctx)
+            && let Some((comment, author, sekoia_status)) = self.dest.after_create(ctx, answer)
+        {
+            let comment = comment.unwrap_or_else(|reason| {
+                tracing::warn!(alert.uuid = %uuid, destination = %name, %reason, "writing back without the comment");
+                String::new()
+            });
+            if !comment.is_empty() || !sekoia_status.is_empty() {
+                let wb = v1::WriteBack {
+                    alert_uuid: uuid.to_string(),
+                    destination: name.to_string(),
+                    origin: v1::write_back::Origin::AfterCreate as i32,
+                    id: "created".into(),
+                    comment,
+                    author,
+                    status: sekoia_status,
+                    received_at: Some(alertsync_proto::time::now()),
+                };
+                if let Err(e) = lifecycle.write_back(wb).await {
+                    tracing::warn!(alert.uuid = %uuid, destination = %name, error = %e, "cannot store the write-back; will retry");
+                    self.metrics.retry(Stage::Forward, Some(name));
+                    return Err(Outcome::Retry {
+                        after: RECORD_UNKNOWN_DELAY,
+                    });
+                }
+            }
+        }
         if self.dest.follows_lifecycle() {
             let remote_id = match ctx.map(|ctx| self.dest.remote_id(ctx, answer)) {
                 Some(Ok(id)) => id,
@@ -229,6 +258,9 @@ impl ForwardHandler {
             let state = std::str::from_utf8(&enriched.alert_json)
                 .ok()
                 .and_then(crate::state::of_alert);
+            if let Some(id) = &remote_id {
+                self.records.index_remote(id, uuid).await;
+            }
             let record = AlertRecord::delivered(status, d.delivered, remote_id, state);
             self.records.record_full(uuid, &record).await;
         } else {
@@ -247,6 +279,7 @@ impl ForwardHandler {
                 .unwrap_or_default();
             self.metrics.created_to_delivered(name, age);
         }
+        Ok(())
     }
 }
 
@@ -364,10 +397,10 @@ impl ForwardHandler {
         })
         .await;
         match sent {
-            Ok(answer) => {
-                self.delivered(enriched, uuid, &answer, Some(&ctx), d).await;
-                Outcome::Ack
-            }
+            Ok(answer) => match self.delivered(enriched, uuid, &answer, Some(&ctx), d).await {
+                Ok(()) => Outcome::Ack,
+                Err(outcome) => outcome,
+            },
             Err(outcome) => outcome,
         }
     }

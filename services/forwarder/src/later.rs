@@ -46,6 +46,7 @@ const RECORD_UNKNOWN_DELAY: Duration = Duration::from_secs(2);
 
 /// What the forwarder needs to handle later events.
 pub struct Lifecycle {
+    js: alertsync_nats::async_nats::jetstream::Context,
     created: Stream,
     subjects: Subjects,
     creation_wait: Duration,
@@ -58,14 +59,40 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// Later events of the alerts of the created stream `created`, waiting at most
     /// `creation_wait` for a creation.
-    pub fn new(created: Stream, subjects: Subjects, creation_wait: Duration) -> Self {
+    pub fn new(
+        js: alertsync_nats::async_nats::jetstream::Context,
+        created: Stream,
+        subjects: Subjects,
+        creation_wait: Duration,
+    ) -> Self {
         Self {
+            js,
             created,
             subjects,
             creation_wait,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             waits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Stores what is to be written back to the Sekoia alert for this destination, once per
+    /// subject (a creation delivered again stores nothing new).
+    pub async fn write_back(&self, wb: v1::WriteBack) -> Result<(), String> {
+        use alertsync_proto::Message as _;
+        let subject = self
+            .subjects
+            .writeback(&wb.destination, &wb.alert_uuid, &wb.id);
+        let msg_id = format!("writeback:{}:{}:{}", wb.destination, wb.alert_uuid, wb.id);
+        alertsync_nats::publish::publish_first(
+            &self.js,
+            subject,
+            &msg_id,
+            None,
+            wb.encode_to_vec().into(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// The turn of `alert_uuid` in this replica.
@@ -216,10 +243,24 @@ pub(crate) async fn handle(
             {
                 return skipped(reason);
             }
+            if echoed_update(h, uuid, &enriched.alert_json).await {
+                // This destination asked for this status: the state is now what it has.
+                h.records.record_state(uuid, &state, revision).await;
+                return skipped("echo");
+            }
             Some(state)
         }
         _ => None,
     };
+    if let Some(c) = comment
+        && c.created_by_type == "apikey"
+        && h.records
+            .echoes_comment(uuid, &c.content, &c.created_by)
+            .await
+    {
+        // Written by a write-back for this destination: it has this comment already.
+        return skipped("echo");
+    }
     let key = match (&state, comment) {
         (Some(s), _) => format!("{uuid}:{name}:updated:{}-{}", s.updated_at, s.digest),
         (None, Some(c)) => format!("{uuid}:{name}:comment:{}", c.uuid),
@@ -267,6 +308,33 @@ pub(crate) async fn handle(
         }
         Err(outcome) => outcome,
     }
+}
+
+/// Whether the alert's last change was made by our API key for this destination (a
+/// write-back of its own status): `updated_by_type` is `apikey`, and the status and key match
+/// what the write-back recorded before making the change.
+async fn echoed_update(h: &ForwardHandler, uuid: &str, alert_json: &[u8]) -> bool {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Who {
+        updated_by: Option<String>,
+        updated_by_type: Option<String>,
+        status: Option<Value>,
+    }
+    let who: Who = serde_json::from_slice(alert_json).unwrap_or_default();
+    let (Some(by), Some("apikey")) = (who.updated_by.as_deref(), who.updated_by_type.as_deref())
+    else {
+        return false;
+    };
+    let Some(status) = who
+        .status
+        .as_ref()
+        .and_then(|s| s.get("name"))
+        .and_then(Value::as_str)
+    else {
+        return false;
+    };
+    h.records.echoes_status(uuid, status, by).await
 }
 
 /// No record of the creation yet: wait while it can still come, else say why not.

@@ -174,6 +174,7 @@ impl Forwarder {
             let mut handler = handler::ForwardHandler::new(dest, gate, records, metrics.clone());
             if handler.follows_lifecycle() {
                 handler = handler.with_lifecycle(later::Lifecycle::new(
+                    js.clone(),
                     js.get_stream(subjects.created_stream()).await?,
                     subjects.clone(),
                     cfg.forwarder.creation_wait.get(),

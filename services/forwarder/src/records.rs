@@ -77,7 +77,44 @@ impl DeliveryRecords {
     /// The KV key of `alert_uuid` for this destination (uuid and destination name are both
     /// valid key tokens: the config and the decoder checked them).
     pub fn key(&self, alert_uuid: &str) -> String {
-        format!("{}.{alert_uuid}", self.destination)
+        alertsync_nats::keys::delivery(&self.destination, alert_uuid)
+    }
+
+    /// Keeps which alert the tool's id `remote_id` stands for (the sync endpoint looks it up).
+    /// Best effort: without it, the tool's notifications about this alert are refused (403).
+    pub async fn index_remote(&self, remote_id: &str, alert_uuid: &str) {
+        let key = alertsync_nats::keys::remote(&self.destination, remote_id);
+        if let Err(e) = self.store.put(&key, alert_uuid.to_string().into()).await {
+            tracing::warn!(%key, error = %e, "cannot keep the remote id's alert");
+        }
+    }
+
+    /// Whether a write-back for this destination set `status` on the alert, as the API key
+    /// `identity` (then the change is not sent back here).
+    pub async fn echoes_status(&self, alert_uuid: &str, status: &str, identity: &str) -> bool {
+        let key = alertsync_nats::keys::echo_status(&self.destination, alert_uuid);
+        self.echo_matches(&key, Some(status), identity).await
+    }
+
+    /// Whether a write-back for this destination added a comment with `content`, as `identity`.
+    pub async fn echoes_comment(&self, alert_uuid: &str, content: &str, identity: &str) -> bool {
+        let key = alertsync_nats::keys::echo_comment(&self.destination, alert_uuid, content);
+        self.echo_matches(&key, None, identity).await
+    }
+
+    async fn echo_matches(&self, key: &str, status: Option<&str>, identity: &str) -> bool {
+        let Ok(Some(v)) = self.store.get(key).await else {
+            return false;
+        };
+        let Ok(marker) = serde_json::from_slice::<serde_json::Value>(&v) else {
+            return false;
+        };
+        let same_status = status.is_none_or(|s| {
+            marker["status"]
+                .as_str()
+                .is_some_and(|m| m.eq_ignore_ascii_case(s))
+        });
+        same_status && marker["identity"].as_str() == Some(identity)
     }
 
     /// Whether `alert_uuid` was already delivered to this destination. `never_delivered`:
@@ -223,7 +260,7 @@ impl DeliveryRecords {
 
     /// The key of a comment's record.
     fn comment_key(&self, alert_uuid: &str, comment_uuid: &str) -> String {
-        format!("{}.{alert_uuid}.comment.{comment_uuid}", self.destination)
+        alertsync_nats::keys::comment(&self.destination, alert_uuid, comment_uuid)
     }
 
     /// Whether the comment was already delivered here.

@@ -12,6 +12,8 @@
 //! - [`publisher`]: the one way in: community filter, then a publish that the server refuses
 //!   when the alert's subject already holds it (dedup across sources, replicas and restarts for
 //!   as long as the stream keeps alerts).
+//! - [`sync`]: `POST /v1/sync/<destination>`: a tool's notification (close, comment) stored
+//!   as a write-back to the Sekoia alert, for alerts delivered to that tool only.
 //! - [`events`]: parses the accepted payloads into an [`events::AlertEvent`], with a reason on
 //!   error.
 //! - [`Ingest`]: builds (connects, ensures streams and buckets, binds) and runs the service.
@@ -20,6 +22,7 @@ pub mod events;
 pub mod live;
 pub mod poller;
 pub mod publisher;
+pub mod sync;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -120,10 +123,25 @@ impl Ingest {
         }
         let state = webhook::State {
             publisher,
-            client,
+            client: client.clone(),
             token: ingest.webhook_token.clone(),
         };
-        runner.serve(webhook::router(state), webhook::listener_limits(ingest));
+        let mut router = webhook::router(state);
+        if cfg.destinations.iter().any(|d| d.sync_back.is_some()) {
+            let records = topology
+                .ensure_delivery_records(cfg.forwarder.delivery_record_max_age.get())
+                .await?;
+            let sync = sync::SyncState::new(
+                cfg,
+                js.clone(),
+                topology.subjects().clone(),
+                records,
+                client,
+                metrics.clone(),
+            )?;
+            router = router.merge(sync::router(sync));
+        }
+        runner.serve(router, webhook::listener_limits(ingest));
         Ok(runner)
     }
 }

@@ -71,6 +71,23 @@ pub fn listener_limits(cfg: &IngestConfig) -> ListenerLimits {
     }
 }
 
+/// The body of a request to the ingest's listener, or the answer refusing it: 413 over
+/// [`MAX_BODY_BYTES`], 408 when it did not arrive within `ingest.webhook_body_timeout`.
+pub async fn read_body(body: Body) -> Result<bytes::Bytes, Response> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            if alertsync_runtime::is_body_timeout(&e) {
+                error(StatusCode::REQUEST_TIMEOUT, e.to_string())
+            } else {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body over {MAX_BODY_BYTES} bytes"),
+                )
+            }
+        })
+}
+
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({"error": reason.into()}))).into_response()
 }
@@ -111,17 +128,9 @@ async fn receive_in_span(state: State, req: Request<Body>) -> Response {
             "missing or wrong bearer token (Authorization: Bearer <ingest.webhook_token>)",
         );
     }
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+    let body = match read_body(req.into_body()).await {
         Ok(b) => b,
-        Err(e) if alertsync_runtime::is_body_timeout(&e) => {
-            return error(StatusCode::REQUEST_TIMEOUT, e.to_string());
-        }
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over {MAX_BODY_BYTES} bytes"),
-            );
-        }
+        Err(refused) => return refused,
     };
     let event = match events::parse(&body) {
         Ok(e) => e,

@@ -94,6 +94,74 @@ pub struct DestinationConfig {
     /// `[destinations.on_comment]`: the request sent for each comment on a delivered alert
     /// (`alert-comment:created`). Absent: comments are not sent here.
     pub on_comment: Option<LaterRequest>,
+    /// `[destinations.after_create]`: what is written back to the Sekoia alert once its
+    /// creation is delivered here (a comment, a status), once per alert.
+    pub after_create: Option<AfterCreate>,
+    /// `[destinations.sync_back]`: what this tool may send back to Sekoia through
+    /// `POST /v1/sync/<name>` on the ingest's listener.
+    pub sync_back: Option<SyncBack>,
+}
+
+/// `[destinations.after_create]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterCreate {
+    /// Template of a comment added to the Sekoia alert (reads `response` and the alert, like
+    /// `remote_id`); empty or absent: none.
+    pub comment: Option<String>,
+    /// Sekoia status (by name) the alert is moved to; absent: none.
+    pub status: Option<String>,
+    /// Author of the comment (at most 32 characters). Default `alertsync`.
+    #[serde(default = "default_author")]
+    pub author: String,
+}
+
+/// `[destinations.sync_back]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncBack {
+    /// Bearer token the tool sends (`Authorization: Bearer <token>`).
+    pub token: Option<crate::Secret>,
+    /// Secret of an HMAC-SHA256 signature of the raw body, hex, in `signature_header`.
+    pub hmac_secret: Option<crate::Secret>,
+    /// Header carrying the signature (`sha256=` and `v1=` prefixes accepted, several
+    /// comma-separated). Default `X-Signature`.
+    #[serde(default = "default_signature_header")]
+    pub signature_header: String,
+    /// Template of the Sekoia alert uuid, from the notification (`body`).
+    pub alert: Option<String>,
+    /// Template of the tool's id for the alert, looked up in the remote ids kept.
+    pub remote_id: Option<String>,
+    /// Template of the tool's status; empty: no status change.
+    pub status: Option<String>,
+    /// Template of a comment to add; empty: none.
+    pub comment: Option<String>,
+    /// Tool status → Sekoia status name.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, String>,
+    /// Author of the comments (at most 32 characters). Default `alertsync`.
+    #[serde(default = "default_author")]
+    pub author: String,
+}
+
+impl std::fmt::Debug for SyncBack {
+    // The token and the HMAC secret are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncBack")
+            .field("token", &self.token.is_some())
+            .field("hmac_secret", &self.hmac_secret.is_some())
+            .field("signature_header", &self.signature_header)
+            .field("statuses", &self.statuses)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_author() -> String {
+    "alertsync".into()
+}
+
+fn default_signature_header() -> String {
+    "X-Signature".into()
 }
 
 /// `[destinations.on_update]`, `[destinations.on_comment]`: a request about an alert already
@@ -176,6 +244,8 @@ impl std::fmt::Debug for DestinationConfig {
             .field("remote_id", &self.remote_id.is_some())
             .field("on_update", &self.on_update)
             .field("on_comment", &self.on_comment)
+            .field("after_create", &self.after_create)
+            .field("sync_back", &self.sync_back)
             .finish()
     }
 }
@@ -197,6 +267,10 @@ impl DestinationConfig {
                     out.push(tok.to_string());
                 }
             }
+        }
+        if let Some(sb) = &self.sync_back {
+            out.extend(sb.token.iter().map(|t| t.expose().to_string()));
+            out.extend(sb.hmac_secret.iter().map(|t| t.expose().to_string()));
         }
         out
     }
@@ -248,6 +322,58 @@ pub(crate) fn check(destinations: &[DestinationConfig], problems: &mut Vec<Strin
         if let Some(c) = &d.on_comment {
             c.check(&format!("{at}.on_comment"), false, problems);
         }
+        if let Some(a) = &d.after_create {
+            check_author(&a.author, &format!("{at}.after_create.author"), problems);
+        }
+        if let Some(sb) = &d.sync_back {
+            let at = format!("{at}.sync_back");
+            match (&sb.token, &sb.hmac_secret) {
+                (Some(_), Some(_)) | (None, None) => problems.push(format!(
+                    "{at}: set one of token (a bearer token) or hmac_secret (a signature)"
+                )),
+                (Some(t), None) if t.expose().len() < 16 => {
+                    problems.push(format!("{at}.token: must be at least 16 characters"));
+                }
+                (None, Some(s)) if s.expose().len() < 16 => {
+                    problems.push(format!("{at}.hmac_secret: must be at least 16 characters"));
+                }
+                _ => {}
+            }
+            match (&sb.alert, &sb.remote_id) {
+                (Some(_), Some(_)) | (None, None) => problems.push(format!(
+                    "{at}: set one of alert (the Sekoia alert uuid) or remote_id (the tool's id)"
+                )),
+                (None, Some(_)) if d.remote_id.is_none() => problems.push(format!(
+                    "{at}.remote_id: needs destinations.remote_id, which keeps the tool's ids"
+                )),
+                _ => {}
+            }
+            if sb.status.is_none() && sb.comment.is_none() {
+                problems.push(format!("{at}: set status, comment or both"));
+            }
+            check_author(&sb.author, &format!("{at}.author"), problems);
+            if HeaderName::from_bytes(sb.signature_header.as_bytes()).is_err() {
+                problems.push(format!("{at}.signature_header: not a valid header name"));
+            }
+        }
+    }
+}
+
+fn check_author(author: &str, at: &str, problems: &mut Vec<String>) {
+    if author.is_empty() || author.chars().count() > 32 {
+        problems.push(format!("{at}: must be 1 to 32 characters (Sekoia's limit)"));
+    }
+}
+
+/// A header name as HTTP allows it.
+struct HeaderName;
+
+impl HeaderName {
+    fn from_bytes(b: &[u8]) -> Result<(), ()> {
+        let ok = !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(c));
+        if ok { Ok(()) } else { Err(()) }
     }
 }
 
