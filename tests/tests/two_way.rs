@@ -301,6 +301,32 @@ async fn a_tool_closes_the_alert_once_and_the_change_is_not_echoed_back_to_it() 
             .all(|r| !r.path.starts_with("/soar/T-")),
         "nothing echoed to the SOAR"
     );
+    // Another notification asking for Closed (the tool sends its own update later): the alert
+    // is already Closed, so the write-back completes without a PATCH.
+    let again = json!({"object": {"sourceRef": uuid, "status": "Closed", "stage": "Closed"}, "details": {}})
+        .to_string();
+    let (status, answer) = sync(&p, "soar", again.as_bytes(), &bearer()).await;
+    assert_eq!(
+        (status, answer["duplicate"].clone()),
+        (202, json!(false)),
+        "{answer}"
+    );
+    assert!(
+        eventually(SOON, || async {
+            let (_, m) = get_text(&p.enricher_url("/metrics")).await;
+            metric(
+                &m,
+                "alertsync_writebacks_total{destination=\"soar\",what=\"status\"}",
+            ) == 2.0
+        })
+        .await,
+        "the second write-back was handled"
+    );
+    assert_eq!(
+        p.sekoia.workflow_patches(&uuid).len(),
+        1,
+        "no PATCH for the status it has"
+    );
     p.shutdown().await;
 }
 
