@@ -449,6 +449,39 @@ impl Pipeline {
         assert_eq!(status, 202, "webhook accepted {uuid}: {json}");
     }
 
+    /// Waits up to [`SOON`] until no stage has work left: the enricher's consumer, every
+    /// destination's and the write-back stage's (when it exists) have nothing undelivered and
+    /// nothing unacknowledged. What a test asserts did *not* happen is checked after this.
+    pub async fn wait_settled(&self) -> bool {
+        use alertsync_nats::async_nats::jetstream::consumer::pull;
+        let s = self.subjects();
+        let mut consumers = vec![(s.created_stream(), s.enricher_consumer())];
+        consumers.extend(
+            self.config
+                .destinations
+                .iter()
+                .map(|d| (s.enriched_stream(), s.destination_consumer(&d.name))),
+        );
+        consumers.push((s.writeback_stream(), s.writeback_consumer()));
+        eventually(SOON, || async {
+            for (stream, name) in &consumers {
+                let Ok(stream) = self.js.get_stream(stream).await else {
+                    continue;
+                };
+                let Ok(mut c) = stream.get_consumer::<pull::Config>(name).await else {
+                    // No write-back stage in this pipeline.
+                    continue;
+                };
+                match c.info().await {
+                    Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await
+    }
+
     /// Messages currently stored in the created-alerts stream.
     pub async fn created_count(&self) -> u64 {
         let mut s = self

@@ -213,25 +213,8 @@ async fn after_create_comments_the_ticket_key_and_moves_the_status_once_per_aler
         .await
         .unwrap();
     p.restart_forwarder().await;
-    let drained = eventually(SOON, || async {
-        let Ok(mut c) =
-            p.js.get_stream(s.enriched_stream())
-                .await
-                .unwrap()
-                .get_consumer::<alertsync_nats::async_nats::jetstream::consumer::pull::Config>(
-                    &s.destination_consumer("soar"),
-                )
-                .await
-        else {
-            return false;
-        };
-        c.info()
-            .await
-            .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
-    })
-    .await;
-    assert!(drained);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every delivery came back and was handled, and so was any write-back it stored.
+    assert!(p.wait_settled().await, "the rewound consumer drained");
     assert_eq!(p.sekoia.comments_posted(&uuid).len(), 1, "one comment");
     assert_eq!(p.sekoia.workflow_patches(&uuid).len(), 1, "one transition");
     assert!(
@@ -428,7 +411,7 @@ async fn sekoia_refusing_the_write_back_holds_it_retries_it_and_dead_letters_it_
         .await,
         "applied once Sekoia took it"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(p.wait_settled().await);
     assert_eq!(
         comments_on(&uuid, "retried"),
         1,
