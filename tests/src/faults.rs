@@ -681,6 +681,16 @@ max_retry_after = "10s"
         Some((info.num_pending, info.num_ack_pending))
     }
 
+    /// (pending, ack pending) of the write-back consumer.
+    pub async fn writeback_backlog(&self) -> Option<(u64, usize)> {
+        let s = self.subjects();
+        let stream = self.js.get_stream(s.writeback_stream()).await.ok()?;
+        let mut c: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&s.writeback_consumer()).await.ok()?;
+        let info = c.info().await.ok()?;
+        Some((info.num_pending, info.num_ack_pending))
+    }
+
     /// (pending, ack pending) of the enricher's consumer.
     pub async fn enrich_backlog(&self) -> Option<(u64, usize)> {
         let s = self.subjects();

@@ -778,3 +778,64 @@ async fn sigkilling_each_service_during_creations_updates_and_comments_loses_non
     );
     p.assert_no_secret_leaks().await;
 }
+
+/// The tool took the creation (it made the ticket) but the forwarder was SIGKILLed before it
+/// heard back: the restarted forwarder sends the creation again under the same key, and the
+/// ticket's key is commented back on the Sekoia alert once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_killed_before_hearing_back_from_the_tool_writes_back_once() {
+    let mut p = FaultPipeline::start(Options {
+        lifecycle: true,
+        ..Options::default()
+    })
+    .await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    p.sekoia.insert_alert(alertsync_standins::alerts::new_alert(
+        &uuid,
+        &alertsync_standins::alerts::random_short_id(),
+        "rule",
+        "title",
+    ));
+    p.receiver.hold("/soar");
+    post_until_accepted(&p.webhook_url(), &serde_json::json!({"alert_uuid": uuid})).await;
+    assert!(
+        p.receiver
+            .wait_until(DRAIN, |r| r.iter().any(|r| r.path == "/soar"))
+            .await,
+        "the tool took the creation"
+    );
+    p.forwarder.kill();
+    p.receiver.release("/soar");
+    p.forwarder.start().await;
+    let written_back = || {
+        let want = format!("Ticket {uuid}");
+        p.sekoia.alert(&uuid).unwrap()["comments"]
+            .as_array()
+            .map_or(0, |c| {
+                c.iter().filter(|c| c["content"] == want.as_str()).count()
+            })
+    };
+    assert!(
+        eventually(DRAIN, || async { written_back() >= 1 }).await,
+        "the ticket's key was never written back"
+    );
+    // Nothing left in flight anywhere: a second write-back would have been made by now.
+    assert!(
+        eventually(DRAIN, || async {
+            p.forward_backlog("soar").await == Some((0, 0))
+                && p.writeback_backlog().await == Some((0, 0))
+        })
+        .await,
+        "the stages did not drain"
+    );
+    let sent = p.receiver.requests_to("/soar");
+    assert!(sent.len() >= 2, "sent again after the kill: {sent:?}");
+    let key = sent[0].header("idempotency-key");
+    assert!(key.is_some());
+    assert!(
+        sent.iter().all(|r| r.header("idempotency-key") == key),
+        "every attempt carries the creation's key"
+    );
+    assert_eq!(written_back(), 1, "written back once");
+    assert_eq!(p.dead_letters().await.len(), 0);
+}

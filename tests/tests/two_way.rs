@@ -229,7 +229,7 @@ async fn after_create_comments_the_ticket_key_and_moves_the_status_once_per_aler
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tool_closes_the_alert_once_and_the_change_is_not_echoed_back_to_it() {
-    let p = start("").await;
+    let mut p = start("").await;
     let uuid = delivered_alert(&p, "Acknowledged").await;
     let hostile = format!(
         "closed: \"false positive\" {{{{ 7*7 }}}}\r\nX-Injected: 1 {}",
@@ -310,6 +310,19 @@ async fn a_tool_closes_the_alert_once_and_the_change_is_not_echoed_back_to_it() 
         1,
         "no PATCH for the status it has"
     );
+    // JetStream hands every stored notification over again (the consumer rewound): each
+    // step is past its record, Sekoia changes no further.
+    assert!(p.wait_settled().await);
+    p.js.get_stream(p.subjects().writeback_stream())
+        .await
+        .unwrap()
+        .delete_consumer(&p.subjects().writeback_consumer())
+        .await
+        .unwrap();
+    p.restart_enricher().await;
+    assert!(p.wait_settled().await, "the rewound consumer drained");
+    assert_eq!(p.sekoia.workflow_patches(&uuid).len(), 1, "one transition");
+    assert_eq!(p.sekoia.comments_posted(&uuid).len(), 1, "one comment");
     p.shutdown().await;
 }
 

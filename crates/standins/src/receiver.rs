@@ -1,7 +1,7 @@
 //! A destination stand-in: records every request (method, path, query, headers, body, time)
 //! and answers from a per-path script (then 200 `{"ok":true}`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -100,6 +100,9 @@ struct Inner {
     callback: Mutex<Option<Callback>>,
     /// Requests to a path answered by a function of their body (after scripts and defaults).
     responders: Mutex<HashMap<String, Responder>>,
+    /// Paths whose answers wait for [`Receiver::release`].
+    held: Mutex<HashSet<String>>,
+    released: Notify,
 }
 
 type Responder = Arc<dyn Fn(&[u8]) -> Reply + Send + Sync>;
@@ -171,6 +174,19 @@ impl Receiver {
             .lock()
             .unwrap()
             .push((needle.to_string(), reply));
+    }
+
+    /// Requests to `path` are taken (recorded, their reply chosen) but answered only once
+    /// [`Receiver::release`] is called: the tool has acted on a request its caller has not
+    /// heard back about yet, the window a crash of the caller leaves ambiguous.
+    pub fn hold(&self, path: &str) {
+        self.inner.held.lock().unwrap().insert(path.to_string());
+    }
+
+    /// Answers the requests held on `path`, and the next ones at once.
+    pub fn release(&self, path: &str) {
+        self.inner.held.lock().unwrap().remove(path);
+        self.inner.released.notify_waiters();
     }
 
     /// Calls `f` on every request as it arrives (the demo prints them).
@@ -255,8 +271,17 @@ async fn record(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     if let Some(cb) = inner.callback.lock().unwrap().as_ref() {
         cb(&recorded);
     }
+    let path = recorded.path.clone();
     inner.requests.lock().unwrap().push(recorded);
     inner.changed.notify_waiters();
+    loop {
+        // Registered before the check, so a release in between is not missed.
+        let released = inner.released.notified();
+        if !inner.held.lock().unwrap().contains(&path) {
+            break;
+        }
+        released.await;
+    }
     let mut resp = (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
         reply.body,
