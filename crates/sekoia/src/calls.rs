@@ -9,12 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use alertsync_http::body::{ReadError, read_capped};
-use alertsync_http::{CallOutcome, Class, classify, describe_error, retry_after};
+use alertsync_http::{CallOutcome, Class, describe_error};
 use alertsync_proto::canonical_uuid;
 use serde_json::{Value, json};
 
-use crate::{MAX_ALERT_BYTES, MAX_ERROR_BYTES, SekoiaClient};
+use crate::{MAX_ALERT_BYTES, SekoiaClient};
 
 /// Which time the alert list is filtered and sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +97,7 @@ impl SekoiaClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = match req.send().await {
+        let request = match req.build() {
             Ok(r) => r,
             Err(e) => {
                 return CallOutcome::transport(
@@ -106,36 +105,21 @@ impl SekoiaClient {
                 );
             }
         };
-        let status = resp.status().as_u16();
-        let wait = retry_after(resp.headers());
-        let class = classify(status);
-        let cap = if class == Class::Success {
-            MAX_ALERT_BYTES
-        } else {
-            MAX_ERROR_BYTES
+        let answer = match self.send(what, request, MAX_ALERT_BYTES).await {
+            Ok(a) => a,
+            Err(reason) => return CallOutcome::transport(reason),
         };
-        let read = read_capped(resp, cap).await;
+        let (status, wait, class) = (answer.status, answer.retry_after, answer.class);
         if class == Class::Success && expect == Expect::Anything {
-            let parsed = read.ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let parsed = answer
+                .body
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             return CallOutcome::Done(parsed.unwrap_or(Value::Null));
         }
-        let body = match read {
+        let body = match self.body_of(what, answer) {
             Ok(b) => b,
-            Err(ReadError::Oversize(o)) if class == Class::Success => {
-                return CallOutcome::TooLarge {
-                    status: Some(status),
-                    reason: format!("{what} answered {status} with {o}"),
-                };
-            }
-            // An error body too large to quote: the status says enough.
-            Err(ReadError::Oversize(_)) => bytes::Bytes::new(),
-            Err(ReadError::Transport(e)) => {
-                return CallOutcome::Transient {
-                    status: Some(status),
-                    retry_after: wait,
-                    reason: self.redact(format!("{what} {}", describe_error(&e))),
-                };
-            }
+            Err(unread) => return unread.outcome(status, wait),
         };
         if class == Class::Success {
             return match serde_json::from_slice::<Value>(&body) {

@@ -83,6 +83,40 @@ const MESSAGE_EXCERPT: usize = 200;
 /// Get Alert's flags, as Sekoia's trigger sends them.
 const GET_ALERT_QUERY: &str = "stix=false&comments=false&countermeasures=false&history=false";
 
+/// An answer as [`SekoiaClient::send`] read it.
+struct Answer {
+    status: u16,
+    class: Class,
+    retry_after: Option<Duration>,
+    /// Read up to the cap of the answer's class.
+    body: Result<Bytes, ReadError>,
+}
+
+/// Why an answer's body was not read.
+enum Unread {
+    /// A success larger than its cap: asking again gets the same.
+    TooLarge(String),
+    /// The body was cut off on the way.
+    Cut(String),
+}
+
+impl Unread {
+    /// In the call path's terms.
+    fn outcome<T>(self, answer_status: u16, retry_after: Option<Duration>) -> CallOutcome<T> {
+        match self {
+            Unread::TooLarge(reason) => CallOutcome::TooLarge {
+                status: Some(answer_status),
+                reason,
+            },
+            Unread::Cut(reason) => CallOutcome::Transient {
+                status: Some(answer_status),
+                retry_after,
+                reason,
+            },
+        }
+    }
+}
+
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the Sekoia API client: {0}")]
@@ -156,39 +190,14 @@ impl SekoiaClient {
             reqwest::header::ACCEPT,
             reqwest::header::HeaderValue::from_static("application/json"),
         );
-        let resp = match self.http.execute(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                return CallOutcome::transport(
-                    self.redact(format!("Get Alert {}", describe_error(&e))),
-                );
-            }
+        let answer = match self.send("Get Alert", request, MAX_ALERT_BYTES).await {
+            Ok(a) => a,
+            Err(reason) => return CallOutcome::transport(reason),
         };
-        let status = resp.status().as_u16();
-        let wait = retry_after(resp.headers());
-        let class = classify(status);
-        let cap = if class == Class::Success {
-            MAX_ALERT_BYTES
-        } else {
-            MAX_ERROR_BYTES
-        };
-        let body = match read_capped(resp, cap).await {
+        let (status, wait, class) = (answer.status, answer.retry_after, answer.class);
+        let body = match self.body_of("Get Alert", answer) {
             Ok(b) => b,
-            Err(ReadError::Oversize(o)) if class == Class::Success => {
-                return CallOutcome::TooLarge {
-                    status: Some(status),
-                    reason: format!("Get Alert answered {status} with {o}"),
-                };
-            }
-            // An error body too large to quote: the status says enough.
-            Err(ReadError::Oversize(_)) => Bytes::new(),
-            Err(ReadError::Transport(e)) => {
-                return CallOutcome::Transient {
-                    status: Some(status),
-                    retry_after: wait,
-                    reason: self.redact(format!("Get Alert {}", describe_error(&e))),
-                };
-            }
+            Err(unread) => return unread.outcome(status, wait),
         };
         if class == Class::Success {
             return match read_object::<H>(&body) {
@@ -205,6 +214,52 @@ impl SekoiaClient {
             return CallOutcome::NotYet { status, reason };
         }
         CallOutcome::of_status(status, wait, reason)
+    }
+
+    /// Sends `request` and reads the answer's body, up to `success_cap` for a success and
+    /// [`MAX_ERROR_BYTES`] otherwise. No answer at all is a transport failure whose reason
+    /// (redacted) names `what`.
+    async fn send(
+        &self,
+        what: &str,
+        request: reqwest::Request,
+        success_cap: usize,
+    ) -> Result<Answer, String> {
+        let resp = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.redact(format!("{what} {}", describe_error(&e))))?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after(resp.headers());
+        let class = classify(status);
+        let cap = if class == Class::Success {
+            success_cap
+        } else {
+            MAX_ERROR_BYTES
+        };
+        Ok(Answer {
+            status,
+            class,
+            retry_after,
+            body: read_capped(resp, cap).await,
+        })
+    }
+
+    /// The body of `answer`, or why there is none. An error body too large to quote reads as
+    /// empty: its status says enough.
+    fn body_of(&self, what: &str, answer: Answer) -> Result<Bytes, Unread> {
+        let status = answer.status;
+        match answer.body {
+            Ok(b) => Ok(b),
+            Err(ReadError::Oversize(o)) if answer.class == Class::Success => Err(Unread::TooLarge(
+                format!("{what} answered {status} with {o}"),
+            )),
+            Err(ReadError::Oversize(_)) => Ok(Bytes::new()),
+            Err(ReadError::Transport(e)) => Err(Unread::Cut(
+                self.redact(format!("{what} {}", describe_error(&e))),
+            )),
+        }
     }
 
     fn redact(&self, reason: String) -> String {
@@ -312,40 +367,33 @@ impl SekoiaClient {
                 q.append_pair("match[community_uuid]", &communities.join(","));
             }
         }
-        let resp = self
+        let request = self
             .http
             .get(url)
             .header(reqwest::header::AUTHORIZATION, self.auth.clone())
             .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
+            .build()
             .map_err(|e| ListError::Transient {
                 retry_after: None,
                 reason: self.redact(format!("listing alerts {}", describe_error(&e))),
             })?;
-        let status = resp.status().as_u16();
-        let wait = retry_after(resp.headers());
-        let class = classify(status);
-        let cap = if class == Class::Success {
-            MAX_LIST_BYTES
-        } else {
-            MAX_ERROR_BYTES
-        };
-        let body = match read_capped(resp, cap).await {
-            Ok(b) => b,
-            Err(ReadError::Oversize(o)) if class == Class::Success => {
-                return Err(ListError::Permanent(format!(
-                    "alert list answered {status} with {o}"
-                )));
-            }
-            Err(ReadError::Oversize(_)) => Bytes::new(),
-            Err(ReadError::Transport(e)) => {
-                return Err(ListError::Transient {
+        let answer = self
+            .send("listing alerts", request, MAX_LIST_BYTES)
+            .await
+            .map_err(|reason| ListError::Transient {
+                retry_after: None,
+                reason,
+            })?;
+        let (status, wait, class) = (answer.status, answer.retry_after, answer.class);
+        let body = self
+            .body_of("alert list", answer)
+            .map_err(|unread| match unread {
+                Unread::TooLarge(reason) => ListError::Permanent(reason),
+                Unread::Cut(reason) => ListError::Transient {
                     retry_after: wait,
-                    reason: self.redact(format!("listing alerts {}", describe_error(&e))),
-                });
-            }
-        };
+                    reason,
+                },
+            })?;
         match (status, class) {
             (401 | 403, _) => Err(ListError::KeyRejected(status)),
             (_, Class::Success) => {

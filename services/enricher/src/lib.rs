@@ -188,26 +188,27 @@ impl Enricher {
             },
             e,
         ));
-        let dead_letters = DeadLetters::new(
-            js,
-            subjects.dead_letter(Stage::Enrich, None),
-            Stage::Enrich,
-            None,
-            cfg.redactor.clone(),
-            metrics.clone(),
-        );
-        let worker = Worker::new(
-            consumer,
-            WorkerConfig {
-                name: "enricher".into(),
-                concurrency: e.concurrency,
-                span_name: "enrich_process",
-            },
-            dead_letters,
-        )
-        .with_gate(gate)
-        .with_metrics(metrics.clone());
-        runner.worker(worker, handler);
+        // Both of this service's workers dead-letter to their stage's subject and hold while
+        // their gate is closed.
+        let worker_for = |consumer, config: WorkerConfig, stage: Stage, gate| {
+            let dead_letters = DeadLetters::new(
+                topology.context().clone(),
+                subjects.dead_letter(stage, None),
+                stage,
+                None,
+                cfg.redactor.clone(),
+                metrics.clone(),
+            );
+            Worker::new(consumer, config, dead_letters)
+                .with_gate(gate)
+                .with_metrics(metrics.clone())
+        };
+        let config = WorkerConfig {
+            name: "enricher".into(),
+            concurrency: e.concurrency,
+            span_name: "enrich_process",
+        };
+        runner.worker(worker_for(consumer, config, Stage::Enrich, gate), handler);
         let writes_back = cfg
             .destinations
             .iter()
@@ -253,25 +254,12 @@ impl Enricher {
                 records,
                 metrics.clone(),
             ));
-            let dead_letters = DeadLetters::new(
-                topology.context().clone(),
-                subjects.dead_letter(Stage::WriteBack, None),
-                Stage::WriteBack,
-                None,
-                cfg.redactor.clone(),
-                metrics.clone(),
-            );
-            let worker = Worker::new(
-                consumer,
-                WorkerConfig {
-                    name: "writeback".into(),
-                    concurrency: e.concurrency.min(16),
-                    span_name: "writeback_process",
-                },
-                dead_letters,
-            )
-            .with_gate(write_gate)
-            .with_metrics(metrics.clone());
+            let config = WorkerConfig {
+                name: "writeback".into(),
+                concurrency: e.concurrency.min(16),
+                span_name: "writeback_process",
+            };
+            let worker = worker_for(consumer, config, Stage::WriteBack, write_gate);
             runner.worker(worker, handler);
         }
         let (interval, rejected_retry) = (

@@ -218,6 +218,45 @@ impl WriteBackHandler {
     }
 }
 
+impl WriteBackHandler {
+    /// The steps of `wb` not yet done, each recorded in `key` once done.
+    async fn apply(
+        &self,
+        d: &Delivery,
+        wb: &v1::WriteBack,
+        uuid: &str,
+        key: &str,
+    ) -> Result<(), Outcome> {
+        let mut done = self.done(key).await?;
+        let identity = self.identity(d, uuid).await?;
+        if !wb.comment.is_empty() && !done.comment {
+            self.comment(d, wb, &identity).await?;
+            done.comment = true;
+            self.step_done(key, done, &wb.destination, "comment")
+                .await?;
+        }
+        if !wb.status.is_empty() && !done.status {
+            self.status(d, wb, &identity).await?;
+            done.status = true;
+            self.step_done(key, done, &wb.destination, "status").await?;
+        }
+        Ok(())
+    }
+
+    /// Records the steps `done` so far and counts the step `what` just made.
+    async fn step_done(
+        &self,
+        key: &str,
+        done: Done,
+        destination: &str,
+        what: &str,
+    ) -> Result<(), Outcome> {
+        self.put(key, json!(done)).await?;
+        self.metrics.writeback(destination, what);
+        Ok(())
+    }
+}
+
 impl Handler for WriteBackHandler {
     async fn handle(&self, d: &Delivery) -> Outcome {
         let wb = match v1::WriteBack::decode(d.payload.as_ref()) {
@@ -240,33 +279,8 @@ impl Handler for WriteBackHandler {
             &uuid,
             &alertsync_nats::keys::digest(&wb.id),
         );
-        let mut done = match self.done(&key).await {
-            Ok(done) => done,
-            Err(outcome) => return outcome,
-        };
-        let identity = match self.identity(d, &uuid).await {
-            Ok(id) => id,
-            Err(outcome) => return outcome,
-        };
-        if !wb.comment.is_empty() && !done.comment {
-            if let Err(outcome) = self.comment(d, &wb, &identity).await {
-                return outcome;
-            }
-            done.comment = true;
-            if let Err(outcome) = self.put(&key, json!(done)).await {
-                return outcome;
-            }
-            self.metrics.writeback(&wb.destination, "comment");
-        }
-        if !wb.status.is_empty() && !done.status {
-            if let Err(outcome) = self.status(d, &wb, &identity).await {
-                return outcome;
-            }
-            done.status = true;
-            if let Err(outcome) = self.put(&key, json!(done)).await {
-                return outcome;
-            }
-            self.metrics.writeback(&wb.destination, "status");
+        if let Err(outcome) = self.apply(d, &wb, &uuid, &key).await {
+            return outcome;
         }
         tracing::debug!(alert.uuid = %uuid, destination = %wb.destination, "written back");
         Outcome::Ack
