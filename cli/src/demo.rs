@@ -111,83 +111,131 @@ fn demo_env(name: &str) -> Option<String> {
 }
 
 /// The demo's analyst: for each alert the SOAR has, acknowledges it in the fake Sekoia and
-/// comments on it, each change announced to the webhook as the LiveAPI would.
+/// comments on it, each change announced to the webhook as the LiveAPI would; then the SOAR
+/// closes its ticket. Stops at once on shutdown, even in the middle of an alert.
 async fn analyst(
     sekoia: FakeSekoia,
     webhook: String,
     sync_url: String,
     mut alerts: tokio::sync::mpsc::UnboundedReceiver<String>,
+    closed: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
     let client = alertsync_http::client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("an HTTP client without custom TLS settings builds");
+    let mut watchers = tokio::task::JoinSet::new();
     loop {
         let uuid = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             next = alerts.recv() => match next {
                 Some(uuid) => uuid,
-                None => return,
+                None => break,
             },
         };
-        // Sekoia's times are whole seconds: the change lands in a later second than the
-        // creation, as an analyst's would.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let Some(alert) = sekoia.alert(&uuid) else {
-            continue;
-        };
-        let short_id = alert["short_id"].as_str().unwrap_or_default().to_string();
-        let ack = sekoia.set_status_quietly(&uuid, "Acknowledged");
-        println!("[sekoia]   alert {short_id} acknowledged by an analyst");
-        post(&client, &webhook, &ack).await;
-        let comment = sekoia.add_comment_quietly(
-            &uuid,
-            "Looking into it: \"suspicious\" logon",
-            "Jane Analyst",
-        );
-        println!("[sekoia]   alert {short_id} commented by an analyst");
-        post(&client, &webhook, &comment).await;
-        // The SOAR's analyst closes the ticket; the SOAR tells alertsync.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let closed = serde_json::json!({"ticket": {
-            "source_ref": uuid, "state": "closed", "resolution": "Closed in the SOAR: benign",
-        }});
-        let sent = client
-            .post(&sync_url)
-            .bearer_auth(SOAR_SYNC_TOKEN)
-            .json(&closed)
-            .send()
-            .await;
-        match sent {
-            Ok(r) => println!(
-                "[soar]     ticket of alert {short_id} closed; POST /v1/sync/soar answered {}",
-                r.status().as_u16()
-            ),
-            Err(e) => println!(
-                "[soar]     sync endpoint unreachable: {}",
-                alertsync_http::describe_error(&e)
-            ),
+        watchers.spawn(watch(
+            sekoia.clone(),
+            uuid.clone(),
+            closed.clone(),
+            shutdown.clone(),
+        ));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = follow(&client, &sekoia, &webhook, &sync_url, &uuid) => {}
         }
-        let sekoia = sekoia.clone();
-        tokio::spawn(async move {
-            for _ in 0..300 {
-                let status = sekoia
-                    .alert(&uuid)
-                    .and_then(|a| a["status"]["name"].as_str().map(str::to_string));
-                if status.as_deref() == Some("Closed") {
-                    println!("[sekoia]   alert {short_id} is now Closed (from the SOAR)");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+    }
+    watchers.abort_all();
+}
+
+/// One alert's life after its delivery: acknowledged and commented in Sekoia, then closed in
+/// the SOAR.
+async fn follow(
+    client: &reqwest::Client,
+    sekoia: &FakeSekoia,
+    webhook: &str,
+    sync_url: &str,
+    uuid: &str,
+) {
+    // Sekoia's times are whole seconds: the change lands in a later second than the
+    // creation, as an analyst's would.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let Some(alert) = sekoia.alert(uuid) else {
+        return;
+    };
+    let short_id = alert["short_id"].as_str().unwrap_or_default().to_string();
+    let ack = sekoia.set_status_quietly(uuid, "Acknowledged");
+    println!("[sekoia]   alert {short_id} acknowledged by an analyst");
+    post(client, webhook, &ack).await;
+    let comment = sekoia.add_comment_quietly(
+        uuid,
+        "Looking into it: \"suspicious\" logon",
+        "Jane Analyst",
+    );
+    println!("[sekoia]   alert {short_id} commented by an analyst");
+    post(client, webhook, &comment).await;
+    // The SOAR's analyst closes the ticket; the SOAR tells alertsync.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed = serde_json::json!({"ticket": {
+        "source_ref": uuid, "state": "closed", "resolution": "Closed in the SOAR: benign",
+    }});
+    let sent = client
+        .post(sync_url)
+        .bearer_auth(SOAR_SYNC_TOKEN)
+        .json(&closed)
+        .send()
+        .await;
+    match sent {
+        Ok(r) => println!(
+            "[soar]     ticket of alert {short_id} closed; POST /v1/sync/soar answered {}",
+            r.status().as_u16()
+        ),
+        Err(e) => println!(
+            "[soar]     sync endpoint unreachable: {}",
+            alertsync_http::describe_error(&e)
+        ),
     }
 }
 
-/// Alerts of the fake Sekoia in status Closed.
-fn closed_alerts(sekoia: &FakeSekoia) -> usize {
-    sekoia.closed_count()
+/// Prints what alertsync writes back on the Sekoia alert `uuid`: the ticket's key, commented
+/// back after the creation, and the status the SOAR closed it with (counted in `closed_seen`).
+async fn watch(
+    sekoia: FakeSekoia,
+    uuid: String,
+    closed_seen: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    let (mut commented, mut closed) = (false, false);
+    for _ in 0..600 {
+        let Some(alert) = sekoia.alert(&uuid) else {
+            return;
+        };
+        let short_id = alert["short_id"].as_str().unwrap_or_default();
+        if !commented
+            && let Some(c) = alert["comments"].as_array().and_then(|c| {
+                c.iter()
+                    .find(|c| c["author"] == "alertsync" && c["content"].is_string())
+            })
+        {
+            commented = true;
+            println!(
+                "[sekoia]   alert {short_id} commented by alertsync: {}",
+                c["content"].as_str().unwrap_or_default()
+            );
+        }
+        if !closed && alert["status"]["name"] == "Closed" {
+            closed = true;
+            println!("[sekoia]   alert {short_id} is now Closed (from the SOAR)");
+            closed_seen.fetch_add(1, Ordering::SeqCst);
+        }
+        if commented && closed {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// Announces `notification` to the ingest webhook.
@@ -289,11 +337,14 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops.\n");
 
     let sync_url = webhook.replace("/v1/alerts", "/v1/sync/soar");
+    // Alerts seen Closed in Sekoia after their ticket was closed in the SOAR.
+    let closed = Arc::new(AtomicUsize::new(0));
     let analyst = tokio::spawn(analyst(
         sekoia.clone(),
         webhook.clone(),
         sync_url,
         follow_rx,
+        closed.clone(),
         shutdown.clone(),
     ));
     let generator = tokio::spawn(crate::standins::generate(
@@ -318,7 +369,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     })
                     .count()
             };
-            let closed = closed_alerts(&sekoia);
+            let closed = closed.load(Ordering::SeqCst);
             if delivered.load(Ordering::SeqCst) >= n
                 && receiver.requests_to("/soar").len() >= n
                 && followed("PATCH", false) >= n
@@ -338,8 +389,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!(
-            "\n{n} alerts delivered to both destinations, then acknowledged and commented in \
-             the SOAR, then closed from the SOAR in Sekoia; stopping."
+            "\n{n} alerts delivered to both destinations, their ticket keys commented back on \
+             them, acknowledged and commented in Sekoia (sent on to the SOAR), then closed in \
+             the SOAR and so in Sekoia, with nothing echoed back to the SOAR; stopping."
         );
         shutdown.cancel();
     }

@@ -140,7 +140,10 @@ pub async fn generate(
         let uuid = uuid::Uuid::new_v4().to_string();
         let short_id = alerts::random_short_id();
         let rule = RULES[i % RULES.len()];
-        let alert = alerts::new_alert(&uuid, &short_id, rule, rule);
+        let mut alert = alerts::new_alert(&uuid, &short_id, rule, rule);
+        // A new alert has no comments yet (the fixture's would reach the destinations as
+        // comments made after the creation).
+        alert["comments"] = serde_json::json!([]);
         let notification = alerts::live_notification(&alert);
         sekoia.insert_alert(alert);
         println!("[sekoia]   alert {short_id} created ({uuid}), rule: {rule}");

@@ -67,5 +67,19 @@ fn the_demo_delivers_alerts_to_both_destinations_and_stops_cleanly() {
         patched.iter().all(|b| b["status"] != "Closed"),
         "a change made by the SOAR was echoed back to it:\n{stdout}"
     );
-    assert!(stdout.contains("3 alerts delivered to both destinations, then acknowledged"));
+    assert!(
+        stdout
+            .matches("commented by alertsync: SOAR ticket SOAR-")
+            .count()
+            >= 3,
+        "the ticket keys were not commented back:\n{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("3 alerts delivered to both destinations, their ticket keys commented back"),
+        "{stdout}"
+    );
+    // It stops as it says: nothing after the last line tries to reach a stopped service.
+    let stopping = stdout.find("; stopping.").expect("the demo says it stops");
+    assert!(!stdout[stopping..].contains("unreachable"), "{stdout}");
 }

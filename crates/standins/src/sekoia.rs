@@ -282,17 +282,6 @@ impl FakeSekoia {
         self.inner.alerts.lock().unwrap().get(uuid).cloned()
     }
 
-    /// How many alerts are in status Closed.
-    pub fn closed_count(&self) -> usize {
-        self.inner
-            .alerts
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|a| a["status"]["name"] == "Closed")
-            .count()
-    }
-
     /// Applies `change` to alert `uuid`: the alert as the helpers below change it, under the
     /// lock, then announced when `announce`. Returns the notification (announced or not).
     ///
