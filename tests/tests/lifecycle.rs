@@ -2,6 +2,8 @@
 //! alert's later states and comments reach the destination, after its creation, once each, at
 //! the URL built from the tool's id for it.
 
+use std::time::Duration;
+
 use alertsync_standins::{Reply, alerts};
 use alertsync_tests::*;
 use serde_json::{Value, json};
@@ -218,6 +220,66 @@ async fn an_update_waits_for_a_creation_still_being_retried_and_is_never_sent_be
         "the update came after the creation"
     );
     assert_eq!(requests[patched_at].path, "/soar/alerts/T-1");
+    p.shutdown().await;
+}
+
+/// The waits of an update for its creation are not attempts of its own, also when the
+/// forwarder restarts while it waits: once the creation is delivered, the update still has
+/// all its attempts (here, it is retried after a 503 instead of being dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waits_for_the_creation_are_not_attempts_even_across_a_forwarder_restart() {
+    let mut p = Pipeline::start(&soar("").replace("max_attempts = 6", "max_attempts = 3")).await;
+    // The tool takes the creation at its second try, 8 s after the first: meanwhile the
+    // update waits more times than it has attempts.
+    p.receiver.script(
+        "/soar/alerts",
+        vec![Reply::status(503).header("retry-after", "8")],
+    );
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-1"}"#));
+    // The update's own first try fails: it must be retried.
+    p.receiver
+        .script("/soar/alerts/T-1", vec![Reply::status(503)]);
+    let (uuid, alert) = new_alert(&p);
+    post(&p, &alerts::live_notification(&alert)).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.status == 503))
+            .await
+    );
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    post(&p, &ack).await;
+    let waiting = "alertsync_deliveries_total{destination=\"soar\",outcome=\"waiting_for_creation\",kind=\"updated\"}";
+    assert!(
+        eventually(SOON, || async {
+            let (_, m) = get_text(&p.forwarder_url("/metrics")).await;
+            metric(&m, waiting) >= 3.0
+        })
+        .await,
+        "the update waited"
+    );
+    assert!(
+        p.receiver.requests_to("/soar/alerts").len() == 1,
+        "the creation is still to be retried when the forwarder restarts"
+    );
+    p.restart_forwarder().await;
+    let ok = p
+        .receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter()
+                .any(|r| r.method == "PATCH" && (200..300).contains(&r.status))
+        })
+        .await;
+    if !ok {
+        dump(&p).await;
+    }
+    assert!(ok, "the update was retried after its first failure");
+    let patches = to(&p, "PATCH", "/soar/alerts/T-1");
+    assert_eq!(
+        patches.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![503, 200]
+    );
+    assert!(p.dead_letters().await.is_empty());
     p.shutdown().await;
 }
 

@@ -8,7 +8,9 @@
 //! - `<destination>.<alert uuid>.echo.status` and `….echo.comment.<digest of the text>`: what
 //!   a write-back for that destination changed in Sekoia, so the change is not sent back to
 //!   it (written before the change is made);
-//! - `<destination>.<alert uuid>.wb.<id>`: the steps of a write-back already done.
+//! - `<destination>.<alert uuid>.wb.<id>`: the steps of a write-back already done;
+//! - `<destination>.<alert uuid>.waits.<stream sequence>`: how many deliveries of a later
+//!   event were spent waiting for the creation (they are not attempts of its own request).
 //!
 //! Destination names and uuids are valid key tokens (checked by the config and the decoders);
 //! free text only ever enters a key as a digest.
@@ -54,6 +56,12 @@ pub fn echo_comment(destination: &str, alert_uuid: &str, content: &str) -> Strin
 /// The steps done of write-back `id`.
 pub fn writeback(destination: &str, alert_uuid: &str, id: &str) -> String {
     format!("{destination}.{alert_uuid}.wb.{id}")
+}
+
+/// The deliveries of the later event at enriched-stream sequence `sequence` spent waiting
+/// for the alert's creation at `destination`.
+pub fn waits(destination: &str, alert_uuid: &str, sequence: u64) -> String {
+    format!("{destination}.{alert_uuid}.waits.{sequence}")
 }
 
 #[cfg(test)]

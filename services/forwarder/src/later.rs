@@ -3,8 +3,8 @@
 //!
 //! What is guaranteed, per alert and destination:
 //! - **after the creation**: a later event is sent only once the creation's record says it was
-//!   delivered here. Without a record, it waits (delayed NAKs, these waits do not count as
-//!   attempts) while the alert's creation is in the created stream, for up to
+//!   delivered here. Without a record, it waits (delayed NAKs; these waits do not count as
+//!   attempts, and are kept in the records so they still do not after a restart) while the alert's creation is in the created stream, for up to
 //!   `forwarder.creation_wait`, then is dead-lettered (replayable). A creation this
 //!   destination filtered out or dead-lettered, or one never seen (older than the deployment:
 //!   not in the created stream), means the event is not sent, counted
@@ -33,7 +33,7 @@ use alertsync_worker::{Attempted, CallSite, Delivery, Outcome, gated_call};
 use serde_json::{Value, json};
 
 use crate::handler::{ForwardHandler, read_alert};
-use crate::records::AlertRecord;
+use crate::records::{AlertRecord, DeliveryRecords};
 
 /// Stripes of the per-alert lock.
 const STRIPES: usize = 256;
@@ -103,27 +103,54 @@ impl Lifecycle {
         self.stripes[h % STRIPES].lock().await
     }
 
-    fn waited(&self, d: &Delivery) -> u32 {
-        let waits = self.waits.lock().unwrap_or_else(|p| p.into_inner());
-        waits.get(&d.stream_sequence).copied().unwrap_or(0)
+    /// The deliveries of `d` spent waiting for its creation: remembered here, else (a message
+    /// delivered before, perhaps to another replica or before a restart) as kept in the
+    /// records.
+    async fn waited(&self, records: &DeliveryRecords, d: &Delivery, uuid: &str) -> u32 {
+        if let Some(n) = self.remembered(d) {
+            return n;
+        }
+        if d.delivered <= 1 {
+            return 0;
+        }
+        let n = records.waits(uuid, d.stream_sequence).await;
+        self.remember(d, n);
+        n
     }
 
-    fn add_wait(&self, d: &Delivery) -> u32 {
+    fn remembered(&self, d: &Delivery) -> Option<u32> {
+        let waits = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        waits.get(&d.stream_sequence).copied()
+    }
+
+    fn remember(&self, d: &Delivery, n: u32) {
         let mut waits = self.waits.lock().unwrap_or_else(|p| p.into_inner());
         if waits.len() >= WAITS_CAPACITY {
-            // Forgetting only makes a later failure count a few more attempts.
+            // Forgotten here, they are still in the records.
             waits.clear();
         }
-        let n = waits.entry(d.stream_sequence).or_insert(0);
-        *n += 1;
-        *n
+        waits.insert(d.stream_sequence, n);
     }
 
-    fn forget(&self, d: &Delivery) {
-        self.waits
+    /// One more delivery of `d` spent waiting: remembered, and kept in the records.
+    async fn add_wait(&self, records: &DeliveryRecords, d: &Delivery, uuid: &str) -> u32 {
+        let n = self.waited(records, d, uuid).await + 1;
+        self.remember(d, n);
+        records.keep_waits(uuid, d.stream_sequence, n).await;
+        n
+    }
+
+    /// `d` is done: its waits are of no more use.
+    async fn forget(&self, records: &DeliveryRecords, d: &Delivery, uuid: &str) {
+        let had = self
+            .waits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&d.stream_sequence);
+        // Only a message that waited has waits kept (most never wait: no purge for them).
+        if had.is_some_and(|n| n > 0) {
+            records.forget_waits(uuid, d.stream_sequence).await;
+        }
     }
 
     /// Whether the created stream holds the alert's creation (`Err`: cannot tell).
@@ -275,7 +302,7 @@ pub(crate) async fn handle(
     };
     let attempts = OwnAttempts {
         d,
-        waited: lifecycle.waited(d),
+        waited: lifecycle.waited(&h.records, d, uuid).await,
     };
     let site = CallSite {
         gate: &h.gate,
@@ -301,7 +328,7 @@ pub(crate) async fn handle(
                 }
                 (None, None) => {}
             }
-            lifecycle.forget(d);
+            lifecycle.forget(&h.records, d, uuid).await;
             tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, status = answer.status, "delivered");
             h.metrics.delivery(name, label, "delivered");
             Outcome::Ack
@@ -367,7 +394,7 @@ async fn wait_for_creation(
         .duration_since(d.published)
         .unwrap_or_default();
     if waited_for > lifecycle.creation_wait {
-        lifecycle.forget(d);
+        lifecycle.forget(&h.records, d, uuid).await;
         return Outcome::dead_letter(
             DeadLetterClass::Exhausted,
             format!(
@@ -378,7 +405,7 @@ async fn wait_for_creation(
             uuid,
         );
     }
-    let n = lifecycle.add_wait(d);
+    let n = lifecycle.add_wait(&h.records, d, uuid).await;
     let after = (Duration::from_millis(500) * 2u32.saturating_pow(n.min(8))).min(MAX_WAIT_STEP);
     tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, ?after, "waiting for the creation to be delivered");
     h.metrics.delivery(name, label, "waiting_for_creation");

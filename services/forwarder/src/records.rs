@@ -258,6 +258,37 @@ impl DeliveryRecords {
         tracing::warn!(%key, "cannot record the state sent; an identical update may be sent again");
     }
 
+    /// The deliveries of the later event at stream sequence `sequence` spent waiting for the
+    /// creation, as last kept (0: none, or NATS cannot tell: then they count as attempts).
+    pub async fn waits(&self, alert_uuid: &str, sequence: u64) -> u32 {
+        let key = alertsync_nats::keys::waits(&self.destination, alert_uuid, sequence);
+        match self.store.get(&key).await {
+            Ok(Some(v)) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Keeps `n` as the waits of the later event at `sequence`, so that another replica (or
+    /// this one restarted) does not count them as attempts. Best effort.
+    pub async fn keep_waits(&self, alert_uuid: &str, sequence: u64, n: u32) {
+        let key = alertsync_nats::keys::waits(&self.destination, alert_uuid, sequence);
+        if let Err(e) = self.store.put(&key, n.to_string().into()).await {
+            tracing::debug!(%key, error = %e, "cannot keep the waits; they may count as attempts");
+        }
+    }
+
+    /// Drops the waits of the later event at `sequence` (it is done). Best effort: the bucket's
+    /// age limit removes what is left.
+    pub async fn forget_waits(&self, alert_uuid: &str, sequence: u64) {
+        let key = alertsync_nats::keys::waits(&self.destination, alert_uuid, sequence);
+        if let Err(e) = self.store.purge(&key).await {
+            tracing::debug!(%key, error = %e, "cannot drop the waits");
+        }
+    }
+
     /// The key of a comment's record.
     fn comment_key(&self, alert_uuid: &str, comment_uuid: &str) -> String {
         alertsync_nats::keys::comment(&self.destination, alert_uuid, comment_uuid)
