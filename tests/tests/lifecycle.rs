@@ -181,6 +181,20 @@ async fn updates_and_comments_follow_the_creation_once_each_at_the_remote_url() 
     p.shutdown().await;
 }
 
+/// A new alert announced, and acknowledged in Sekoia once its creation has failed at the
+/// destination (it was enriched and is being retried).
+async fn acknowledged_while_the_creation_fails(p: &Pipeline) {
+    let (uuid, alert) = new_alert(p);
+    post(p, &alerts::live_notification(&alert)).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.status == 503))
+            .await
+    );
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    post(p, &ack).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_waits_for_a_creation_still_being_retried_and_is_never_sent_before_it() {
     let p = Pipeline::start(&soar("")).await;
@@ -191,16 +205,7 @@ async fn an_update_waits_for_a_creation_still_being_retried_and_is_never_sent_be
     );
     p.receiver
         .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-1"}"#));
-    let (uuid, alert) = new_alert(&p);
-    post(&p, &alerts::live_notification(&alert)).await;
-    // The creation was enriched (it is being tried) before the alert changes.
-    assert!(
-        p.receiver
-            .wait_until(SOON, |r| r.iter().any(|r| r.status == 503))
-            .await
-    );
-    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
-    post(&p, &ack).await;
+    acknowledged_while_the_creation_fails(&p).await;
     let ok = p
         .receiver
         .wait_until(SOON, |r| r.iter().any(|r| r.method == "PATCH"))
@@ -240,15 +245,7 @@ async fn waits_for_the_creation_are_not_attempts_even_across_a_forwarder_restart
     // The update's own first try fails: it must be retried.
     p.receiver
         .script("/soar/alerts/T-1", vec![Reply::status(503)]);
-    let (uuid, alert) = new_alert(&p);
-    post(&p, &alerts::live_notification(&alert)).await;
-    assert!(
-        p.receiver
-            .wait_until(SOON, |r| r.iter().any(|r| r.status == 503))
-            .await
-    );
-    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
-    post(&p, &ack).await;
+    acknowledged_while_the_creation_fails(&p).await;
     let waiting = "alertsync_deliveries_total{destination=\"soar\",outcome=\"waiting_for_creation\",kind=\"updated\"}";
     assert!(
         eventually(SOON, || async {
