@@ -251,6 +251,18 @@ impl Pipeline {
             .push(Running::start(svc, addr, health, |s, stop| Box::pin(s.run(stop))).await);
     }
 
+    /// Starts one more forwarder replica on the same config (stopped when the pipeline shuts
+    /// down); returns its `http://<addr>` (for `/metrics`).
+    pub async fn start_extra_forwarder(&mut self) -> String {
+        let svc = alertsync_forwarder::Forwarder::build(&self.config)
+            .await
+            .expect("forwarder builds");
+        let (addr, health) = (svc.local_addr(), svc.health());
+        self.extra
+            .push(Running::start(svc, addr, health, |s, stop| Box::pin(s.run(stop))).await);
+        format!("http://{addr}")
+    }
+
     /// `http://<ingest><path>`.
     pub fn ingest_url(&self, path: &str) -> String {
         format!(

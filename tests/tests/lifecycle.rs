@@ -75,6 +75,19 @@ async fn dump(p: &Pipeline) {
     }
 }
 
+/// A new alert, announced, whose creation reached the tool; returns its uuid.
+async fn created_at_the_tool(p: &Pipeline) -> String {
+    let (uuid, alert) = new_alert(p);
+    post(p, &alerts::live_notification(&alert)).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
+            .await,
+        "the creation reached the tool"
+    );
+    uuid
+}
+
 /// Posts a LiveAPI notification to the webhook; it must be accepted.
 async fn post(p: &Pipeline, notification: &Value) {
     let (status, body) = p
@@ -102,13 +115,7 @@ async fn updates_and_comments_follow_the_creation_once_each_at_the_remote_url() 
         eventually(SOON, || async { p.sekoia.live_open() > 0 }).await,
         "the socket connects"
     );
-    let (uuid, alert) = new_alert(&p);
-    post(&p, &alerts::live_notification(&alert)).await;
-    assert!(
-        p.receiver
-            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
-            .await
-    );
+    let uuid = created_at_the_tool(&p).await;
     // Acknowledged in Sekoia: announced on the socket, and posted to the webhook too.
     let ack = p.sekoia.set_status(&uuid, "Acknowledged");
     post(&p, &ack).await;
@@ -280,18 +287,72 @@ async fn waits_for_the_creation_are_not_attempts_even_across_a_forwarder_restart
     p.shutdown().await;
 }
 
+/// Two forwarder replicas: while one replica's update of an alert is in flight, the other
+/// does not send the next one; it waits for its turn, then sends it, so the tool gets the
+/// states in order and ends on the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_send_an_alerts_updates_one_at_a_time() {
+    // One request at a time per replica: a replica busy with an update takes no other, so
+    // the next update goes to the other replica.
+    let mut p = Pipeline::start(
+        &soar("").replace("timeout = \"5s\"", "timeout = \"30s\"\nconcurrency = 1"),
+    )
+    .await;
+    let other = p.start_extra_forwarder().await;
+    p.receiver
+        .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-1"}"#));
+    let uuid = created_at_the_tool(&p).await;
+    assert!(p.wait_settled().await, "the creation is recorded");
+    // The tool is slow to answer the first update.
+    p.receiver.hold("/soar/alerts/T-1");
+    let ack = p.sekoia.set_status(&uuid, "Acknowledged");
+    post(&p, &ack).await;
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().any(|r| r.method == "PATCH"))
+            .await
+    );
+    let closed = p.sekoia.set_status(&uuid, "Closed");
+    post(&p, &closed).await;
+    let waiting = "alertsync_deliveries_total{destination=\"soar\",outcome=\"waiting_for_turn\",kind=\"updated\"}";
+    let waited = eventually(SOON, || async {
+        let mut n = 0.0;
+        for url in [p.forwarder_url("/metrics"), format!("{other}/metrics")] {
+            n += metric(&get_text(&url).await.1, waiting);
+        }
+        n >= 1.0
+    })
+    .await;
+    let patches = to(&p, "PATCH", "/soar/alerts/T-1");
+    assert_eq!(
+        patches.len(),
+        1,
+        "the second update was sent while the first was in flight"
+    );
+    assert!(waited, "the second update waited for its turn");
+    p.receiver.release("/soar/alerts/T-1");
+    assert!(
+        p.receiver
+            .wait_until(SOON, |r| r.iter().filter(|r| r.method == "PATCH").count()
+                >= 2)
+            .await,
+        "the second update was sent once the first was done"
+    );
+    assert!(p.wait_settled().await);
+    let statuses: Vec<Value> = to(&p, "PATCH", "/soar/alerts/T-1")
+        .iter()
+        .map(|r| r.json().unwrap()["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec![json!("Acknowledged"), json!("Closed")]);
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_older_or_repeated_state_is_skipped_and_a_never_seen_alert_gets_no_update() {
     let p = Pipeline::start(&soar("changes = [\"status\"]")).await;
     p.receiver
         .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-2"}"#));
-    let (uuid, alert) = new_alert(&p);
-    post(&p, &alerts::live_notification(&alert)).await;
-    assert!(
-        p.receiver
-            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
-            .await
-    );
+    let uuid = created_at_the_tool(&p).await;
     let ack = p.sekoia.set_status(&uuid, "Acknowledged");
     // The same update three times (as the socket, the webhook and a retrying tool would).
     for _ in 0..3 {
@@ -392,13 +453,7 @@ async fn an_older_state_arriving_after_a_newer_one_is_skipped() {
     let p = Pipeline::start(&soar("")).await;
     p.receiver
         .always("/soar/alerts", Reply::status(201).body(r#"{"id": "T-5"}"#));
-    let (uuid, alert) = new_alert(&p);
-    post(&p, &alerts::live_notification(&alert)).await;
-    assert!(
-        p.receiver
-            .wait_until(SOON, |r| r.iter().any(|r| r.path == "/soar/alerts"))
-            .await
-    );
+    let uuid = created_at_the_tool(&p).await;
     let closed = p.sekoia.set_status(&uuid, "Closed");
     post(&p, &closed).await;
     assert!(

@@ -10,7 +10,9 @@
 //!   it (written before the change is made);
 //! - `<destination>.<alert uuid>.wb.<id>`: the steps of a write-back already done;
 //! - `<destination>.<alert uuid>.waits.<stream sequence>`: how many deliveries of a later
-//!   event were spent waiting for the creation (they are not attempts of its own request).
+//!   event were spent waiting for the creation (they are not attempts of its own request);
+//! - `<destination>.<alert uuid>.turn`: the lease of the replica sending one of the alert's
+//!   updates there (until when, in Unix milliseconds).
 //!
 //! Destination names and uuids are valid key tokens (checked by the config and the decoders);
 //! free text only ever enters a key as a digest.
@@ -62,6 +64,11 @@ pub fn writeback(destination: &str, alert_uuid: &str, id: &str) -> String {
 /// for the alert's creation at `destination`.
 pub fn waits(destination: &str, alert_uuid: &str, sequence: u64) -> String {
     format!("{destination}.{alert_uuid}.waits.{sequence}")
+}
+
+/// The lease of the replica sending one of the alert's updates to `destination`.
+pub fn turn(destination: &str, alert_uuid: &str) -> String {
+    format!("{destination}.{alert_uuid}.turn")
 }
 
 #[cfg(test)]

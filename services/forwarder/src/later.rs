@@ -18,7 +18,8 @@
 //!   `<alert>:<destination>:comment:<comment uuid>`).
 //!
 //! A creation and the later events of one alert are handled one at a time in a replica
-//! ([`Lifecycle::lock`]), so they never race on the record there.
+//! ([`Lifecycle::lock`]), so they never race on the record there; an alert's updates are also
+//! sent one at a time across replicas ([`crate::turn`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,6 +42,8 @@ const STRIPES: usize = 256;
 const MAX_WAIT_STEP: Duration = Duration::from_secs(30);
 /// Waits remembered (per message); beyond, the oldest are forgotten.
 const WAITS_CAPACITY: usize = 50_000;
+/// NAK delay of an update while another replica sends one of its alert's updates.
+const TURN_WAIT: Duration = Duration::from_millis(500);
 /// NAK delay when a record cannot be read (NATS trouble).
 const RECORD_UNKNOWN_DELAY: Duration = Duration::from_secs(2);
 
@@ -231,7 +234,19 @@ pub(crate) async fn handle(
         }
         (_, c) => c,
     };
-    let _turn = lifecycle.lock(uuid).await;
+    let _in_replica = lifecycle.lock(uuid).await;
+    // Updates of one alert are sent one at a time across replicas too: never two states at
+    // once, so the tool cannot end on the older one.
+    let turn = if kind == v1::EventKind::Updated {
+        match h.records.take_turn(uuid).await {
+            Ok(Some(turn)) => Some(turn),
+            Ok(None) => return wait_for_turn(h, lifecycle, d, uuid, label).await,
+            Err(e) => return retry("cannot take the turn at the alert's updates", e),
+        }
+    } else {
+        None
+    };
+    let outcome = async {
     if let Some(c) = comment {
         match h.records.comment_sent(uuid, &c.uuid).await {
             Ok(false) => {}
@@ -335,6 +350,12 @@ pub(crate) async fn handle(
         }
         Err(outcome) => outcome,
     }
+    }
+    .await;
+    if let Some(turn) = turn {
+        turn.release().await;
+    }
+    outcome
 }
 
 /// Whether the alert's last change was made by our API key for this destination (a
@@ -362,6 +383,22 @@ async fn echoed_update(h: &ForwardHandler, uuid: &str, alert_json: &[u8]) -> boo
         return false;
     };
     h.records.echoes_status(uuid, status, by).await
+}
+
+/// Another replica is sending one of this alert's updates: wait for it to finish (a wait,
+/// not an attempt).
+async fn wait_for_turn(
+    h: &ForwardHandler,
+    lifecycle: &Lifecycle,
+    d: &Delivery,
+    uuid: &str,
+    label: &'static str,
+) -> Outcome {
+    let name = h.dest.name.as_str();
+    lifecycle.add_wait(&h.records, d, uuid).await;
+    tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, "another replica is sending an update of this alert; waiting");
+    h.metrics.delivery(name, label, "waiting_for_turn");
+    Outcome::Retry { after: TURN_WAIT }
 }
 
 /// No record of the creation yet: wait while it can still come, else say why not.

@@ -21,6 +21,7 @@ pub mod handler;
 pub mod later;
 pub mod records;
 pub mod state;
+pub mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;

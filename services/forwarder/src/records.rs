@@ -289,6 +289,13 @@ impl DeliveryRecords {
         }
     }
 
+    /// This replica's turn at the alert's updates here (see [`crate::turn`]): `Ok(None)`
+    /// while another replica holds it.
+    pub async fn take_turn(&self, alert_uuid: &str) -> Result<Option<crate::turn::Turn>, String> {
+        let key = alertsync_nats::keys::turn(&self.destination, alert_uuid);
+        crate::turn::take(&self.store, key).await
+    }
+
     /// The key of a comment's record.
     fn comment_key(&self, alert_uuid: &str, comment_uuid: &str) -> String {
         alertsync_nats::keys::comment(&self.destination, alert_uuid, comment_uuid)
