@@ -10,7 +10,8 @@
 //! Writes are recorded (whatever they answered, once the key is accepted), can be scripted
 //! ([`crate::FakeSekoia::script_writes`]) and are announced on the socket as Sekoia does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::{
     Json,
@@ -39,6 +40,31 @@ fn scripted_write(inner: &Inner) -> Option<Response> {
     Some(scripted(inner, status))
 }
 
+/// What both write endpoints do first: check the key, record the request in `log` (also one
+/// then refused: a test sees what was tried), and answer from the write script if one is set.
+/// `Ok`: the request's JSON, to apply.
+fn accept_write(
+    inner: &Inner,
+    headers: &HeaderMap,
+    body: &Bytes,
+    log: &Mutex<HashMap<String, Vec<Value>>>,
+    uuid: &str,
+) -> Result<Value, Box<Response>> {
+    if !authorized(inner, headers) {
+        return Err(Box::new(unauthorized()));
+    }
+    let request = recorded(body);
+    log.lock()
+        .unwrap()
+        .entry(uuid.to_string())
+        .or_default()
+        .push(request.clone());
+    match scripted_write(inner) {
+        Some(answer) => Err(Box::new(answer)),
+        None => Ok(request),
+    }
+}
+
 pub(super) async fn list_comments(
     State(inner): State<Arc<Inner>>,
     Path(uuid): Path<String>,
@@ -62,20 +88,10 @@ pub(super) async fn post_comment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&inner, &headers) {
-        return unauthorized();
-    }
-    let request = recorded(&body);
-    inner
-        .comments_posted
-        .lock()
-        .unwrap()
-        .entry(uuid.clone())
-        .or_default()
-        .push(request.clone());
-    if let Some(answer) = scripted_write(&inner) {
-        return answer;
-    }
+    let request = match accept_write(&inner, &headers, &body, &inner.comments_posted, &uuid) {
+        Ok(request) => request,
+        Err(answer) => return *answer,
+    };
     if !inner.alerts.lock().unwrap().contains_key(&uuid) {
         return not_found();
     }
@@ -134,20 +150,10 @@ pub(super) async fn patch_workflow(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !authorized(&inner, &headers) {
-        return unauthorized();
-    }
-    let request = recorded(&body);
-    inner
-        .workflow_patches
-        .lock()
-        .unwrap()
-        .entry(uuid.clone())
-        .or_default()
-        .push(request.clone());
-    if let Some(answer) = scripted_write(&inner) {
-        return answer;
-    }
+    let request = match accept_write(&inner, &headers, &body, &inner.workflow_patches, &uuid) {
+        Ok(request) => request,
+        Err(answer) => return *answer,
+    };
     let comment = match request.get("comment") {
         None | Some(Value::Null) => None,
         Some(Value::String(c)) => Some(c.as_str()),
