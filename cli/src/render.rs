@@ -190,7 +190,17 @@ fn render_later(
         Some(&args.remote_id),
         None,
     );
-    let key = format!("{uuid}:{}:{}", destination.name, kind.label());
+    // The key the forwarder would send: of this alert state, or of the sample comment.
+    let state = (kind == v1::EventKind::Updated)
+        .then(|| alertsync_forwarder::state::of_alert(&alert.to_string()))
+        .flatten();
+    let key = alertsync_forwarder::later::idempotency_key(
+        uuid,
+        &destination.name,
+        kind,
+        state.as_ref(),
+        comment.as_ref(),
+    );
     Ok(destination.render_later(template, &ctx, &key))
 }
 

@@ -396,6 +396,20 @@ async fn render_prints_the_update_and_comment_requests_with_sample_values() {
     let body: serde_json::Value =
         serde_json::from_str(out.split("\n\n").nth(1).unwrap().trim()).unwrap();
     assert!(body["status"].is_string(), "{out}");
+    // The key the forwarder sends for this state: `<updated_at>-<digest>` of the alert.
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("idempotency-key: "))
+        .unwrap_or_default();
+    let state = key
+        .strip_prefix(&format!("{FIXTURE_UUID}:soar:updated:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let (updated_at, digest) = state.split_once('-').unwrap_or_else(|| panic!("{out}"));
+    assert!(updated_at.parse::<i64>().is_ok(), "{out}");
+    assert!(
+        digest.len() == 24 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out}"
+    );
 
     let (code, out, err) = render(
         &config,
@@ -419,6 +433,12 @@ async fn render_prints_the_update_and_comment_requests_with_sample_values() {
     let body: serde_json::Value =
         serde_json::from_str(out.split("\n\n").nth(1).unwrap().trim()).unwrap();
     assert_eq!(body["message"], "he said \"{{ 7*7 }}\"\r\nX-Evil: 1");
+    assert!(
+        out.contains(&format!(
+            "idempotency-key: {FIXTURE_UUID}:soar:comment:00000000-0000-4000-8000-00000000c0de"
+        )),
+        "{out}"
+    );
 
     // A destination without the request says so.
     let (code, _, err) = render(

@@ -303,11 +303,7 @@ pub(crate) async fn handle(
         // Written by a write-back for this destination: it has this comment already.
         return skipped("echo");
     }
-    let key = match (&state, comment) {
-        (Some(s), _) => format!("{uuid}:{name}:updated:{}-{}", s.updated_at, s.digest),
-        (None, Some(c)) => format!("{uuid}:{name}:comment:{}", c.uuid),
-        (None, None) => format!("{uuid}:{name}:{label}"),
-    };
+    let key = idempotency_key(uuid, name, kind, state.as_ref(), comment);
     let ctx = context(&alert, enriched, notification, comment, &record);
     let request = match alertsync_telemetry::detail_span!("render", alertsync.destination = %name, alert.uuid = %uuid)
         .in_scope(|| h.dest.render_later(template, &ctx, &key))
@@ -447,6 +443,23 @@ async fn wait_for_creation(
     tracing::debug!(alert.uuid = %uuid, destination = %name, kind = label, ?after, "waiting for the creation to be delivered");
     h.metrics.delivery(name, label, "waiting_for_creation");
     Outcome::Retry { after }
+}
+
+/// The `Idempotency-Key` of a later request: it names the alert, the destination, the kind
+/// and the state (`<updated_at>-<digest>`) or the comment, so a repeat carries the key of the
+/// request it repeats. Also what `alertsync render --event` prints.
+pub fn idempotency_key(
+    uuid: &str,
+    destination: &str,
+    kind: v1::EventKind,
+    state: Option<&crate::records::AlertState>,
+    comment: Option<&v1::Comment>,
+) -> String {
+    match (state, comment) {
+        (Some(s), _) => format!("{uuid}:{destination}:updated:{}-{}", s.updated_at, s.digest),
+        (None, Some(c)) => format!("{uuid}:{destination}:comment:{}", c.uuid),
+        (None, None) => format!("{uuid}:{destination}:{}", kind.label()),
+    }
 }
 
 /// The context of a later request: the alert as it is now (`alert`, `node.1`), and `event`
